@@ -1,0 +1,143 @@
+"""The item catalogue: external item id <-> dense id, and the domain of every item.
+
+Dense ids are grouped by domain, so each domain owns one contiguous range
+[start, end). Models score dense ids 0..V-1 directly; this is what lets the
+decoder restrict a softmax to one domain with a slice instead of a gather.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.errors import CatalogueError, UnknownDomainError, UnknownItemError
+
+MIN_DOMAINS = 2
+MAX_DOMAINS = 16
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    domains: tuple[str, ...]
+    item_ids: tuple[str, ...]  # dense id -> external id
+    offsets: tuple[int, ...]  # len K+1; domain k owns dense ids [offsets[k], offsets[k+1])
+    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+    _item_domain: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        k = len(self.domains)
+        if not MIN_DOMAINS <= k <= MAX_DOMAINS:
+            raise CatalogueError(
+                f"a catalogue needs {MIN_DOMAINS} to {MAX_DOMAINS} domains, got {k}",
+                {"domains": list(self.domains)},
+            )
+        if len(set(self.domains)) != k or any(not str(d).strip() for d in self.domains):
+            raise CatalogueError("domain names must be unique and non-empty", {"domains": list(self.domains)})
+        if len(self.offsets) != k + 1 or self.offsets[0] != 0 or self.offsets[-1] != len(self.item_ids):
+            raise CatalogueError("domain offsets do not cover the item list")
+        empty = [d for d, a, b in zip(self.domains, self.offsets, self.offsets[1:], strict=False) if b <= a]
+        if empty:
+            raise CatalogueError(f"domains without items: {empty}", {"domains": empty})
+        index = {item: i for i, item in enumerate(self.item_ids)}
+        if len(index) != len(self.item_ids):
+            raise CatalogueError("an item id appears more than once in the catalogue")
+        item_domain = np.repeat(np.arange(k, dtype=np.int16), np.diff(np.asarray(self.offsets)))
+        object.__setattr__(self, "_index", index)
+        object.__setattr__(self, "_item_domain", item_domain)
+
+    # -- construction -------------------------------------------------------------
+
+    @classmethod
+    def build(cls, item_domain: Mapping[str, str], domains: Sequence[str] | None = None) -> Catalogue:
+        """Build from {external item id: domain}. Domains keep the given order (default:
+        sorted by name); items are sorted by id inside their domain, so the result does
+        not depend on the order of the mapping."""
+        names = list(domains) if domains is not None else sorted({str(d) for d in item_domain.values()})
+        pos = {d: k for k, d in enumerate(names)}
+        unknown = sorted({str(d) for d in item_domain.values()} - set(pos))
+        if unknown:
+            raise CatalogueError(f"items belong to domains not listed: {unknown}")
+        groups: list[list[str]] = [[] for _ in names]
+        for item, dom in item_domain.items():
+            groups[pos[str(dom)]].append(str(item))
+        item_ids: list[str] = []
+        offsets = [0]
+        for g in groups:
+            item_ids.extend(sorted(g, key=_natural_key))
+            offsets.append(len(item_ids))
+        return cls(tuple(names), tuple(item_ids), tuple(offsets))
+
+    def to_dict(self) -> dict:
+        return {"domains": list(self.domains), "item_ids": list(self.item_ids), "offsets": list(self.offsets)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Catalogue:
+        try:
+            return cls(tuple(d["domains"]), tuple(str(i) for i in d["item_ids"]), tuple(int(o) for o in d["offsets"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CatalogueError(f"malformed catalogue: {exc}") from exc
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    # -- queries ------------------------------------------------------------------
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def n_domains(self) -> int:
+        return len(self.domains)
+
+    @property
+    def item_domain(self) -> np.ndarray:
+        """Domain index of every dense id, shape [V], int16 (read-only view)."""
+        view = self._item_domain.view()
+        view.flags.writeable = False
+        return view
+
+    def domain_index(self, name: str) -> int:
+        try:
+            return self.domains.index(name)
+        except ValueError:
+            raise UnknownDomainError(
+                f"unknown domain {name!r}; known domains: {', '.join(self.domains)}",
+                {"domain": name, "known": list(self.domains)},
+            ) from None
+
+    def domain_range(self, domain: str | int) -> tuple[int, int]:
+        k = self.domain_index(domain) if isinstance(domain, str) else int(domain)
+        return self.offsets[k], self.offsets[k + 1]
+
+    def domain_size(self, domain: str | int) -> int:
+        a, b = self.domain_range(domain)
+        return b - a
+
+    def dense(self, item: str | int) -> int:
+        try:
+            return self._index[str(item)]
+        except KeyError:
+            raise UnknownItemError(f"unknown item {item!r}", {"item": str(item)}) from None
+
+    def get(self, item: str | int) -> int | None:
+        return self._index.get(str(item))
+
+    def encode(self, items: Iterable[str | int]) -> list[int]:
+        return [self.dense(i) for i in items]
+
+    def external(self, dense_id: int) -> str:
+        return self.item_ids[dense_id]
+
+    def domain_of(self, dense_id: int) -> str:
+        return self.domains[int(self._item_domain[dense_id])]
+
+
+def _natural_key(item: str) -> tuple[int, int | str]:
+    # numeric ids sort numerically ("2" < "10"), others lexically, numbers first
+    return (0, int(item)) if item.isdigit() else (1, item)

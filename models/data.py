@@ -1,0 +1,433 @@
+"""Preprocessing, storage and leave-N-out splits of mixed-domain sequences (METHOD.md §4).
+
+`prepare` turns an interaction frame (user_id, item_id, domain, timestamp) into a
+`Dataset`: a catalogue plus one chronological dense-id sequence per user. Every
+filter works on integer codes with numpy, so millions of rows take seconds.
+Nothing here knows domain names or how many there are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from models.catalogue import MAX_DOMAINS, MIN_DOMAINS, Catalogue
+from models.errors import CatalogueError, DataError
+
+FORMAT = "taesar-dataset"
+VERSION = 1
+_FILES = {"catalogue": "catalogue.json", "sequences": "sequences.parquet"}
+Split = Literal["valid", "test"]
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    require_all_domains: bool = True
+    k_core: int = 3
+    max_len: int = 128
+    holdout: int = 1
+
+    def __post_init__(self) -> None:
+        if self.k_core < 1:
+            raise DataError(f"k_core must be >= 1 (1 disables the filter), got {self.k_core}")
+        if self.max_len < 2:
+            raise DataError(f"max_len must be >= 2, got {self.max_len}")
+        if self.holdout < 1:
+            raise DataError(f"holdout must be >= 1, got {self.holdout}")
+
+    @property
+    def min_len(self) -> int:
+        # N valid + N test targets, and a train part that still holds one input -> target pair
+        return 2 * self.holdout + 2
+
+
+@dataclass
+class Dataset:
+    catalogue: Catalogue
+    user_ids: list[str]
+    sequences: list[np.ndarray]  # int64 dense ids, chronological
+    options: dict
+    fingerprint: str
+    source: str = ""
+    stats: dict = field(default_factory=dict)  # rows/users/items after each step; not fingerprinted
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    user: int  # index into Dataset.user_ids
+    history: np.ndarray
+    target: int
+
+
+# -- preparation ---------------------------------------------------------------------
+
+
+@dataclass
+class _Log:
+    """Integer-coded interactions; row order = input order until `_sort` runs."""
+
+    user: np.ndarray
+    item: np.ndarray
+    domain: np.ndarray  # of each row
+    time: np.ndarray
+    users: np.ndarray  # code -> external id
+    items: np.ndarray
+    domains: list[str]
+
+    def take(self, keep: np.ndarray) -> _Log:
+        return _Log(
+            self.user[keep], self.item[keep], self.domain[keep], self.time[keep], self.users, self.items, self.domains
+        )
+
+    def counts(self) -> dict:
+        return {"rows": len(self.user), "users": _n_distinct(self.user), "items": _n_distinct(self.item)}
+
+
+def prepare(df: pd.DataFrame, cfg: PrepConfig, *, domains: list[str] | None = None, source: str = "") -> Dataset:
+    """METHOD.md §4: k-core per domain, users in every domain, chronological order,
+    last `max_len` items, users long enough to split, then the catalogue."""
+    log = _encode(df, domains)
+    stats = {"input": log.counts()}
+    log = _filter_core(log, cfg)
+    stats["filtered"] = log.counts()
+    log = _sort(log)
+    log = log.take(_last_n(log.user, cfg.max_len))
+    stats["truncated"] = log.counts()
+    log = log.take(_group_size(log.user) >= cfg.min_len)
+    stats["final"] = log.counts()
+    catalogue = _build_catalogue(log, stats, cfg)
+    user_ids, sequences = _sequences(log, catalogue)
+    options = {**asdict(cfg), "domains": list(catalogue.domains)}
+    fp = fingerprint(catalogue, user_ids, sequences, options)
+    return Dataset(catalogue, user_ids, sequences, options, fp, source, stats)
+
+
+def _encode(df: pd.DataFrame, domains: list[str] | None) -> _Log:
+    missing = [c for c in ("user_id", "item_id", "domain", "timestamp") if c not in df.columns]
+    if missing:
+        raise DataError(f"interaction frame lacks column(s) {missing}; it has {list(df.columns)}")
+    if not pd.api.types.is_numeric_dtype(df["timestamp"]) or pd.api.types.is_bool_dtype(df["timestamp"]):
+        raise DataError(f"timestamp must be numeric, got {df['timestamp'].dtype} (read files with read_interactions)")
+    if df.empty:
+        raise DataError("the interaction frame has no rows")
+    if df["timestamp"].isna().any():
+        raise DataError(f"{int(df['timestamp'].isna().sum())} row(s) have no timestamp")
+    user, users = pd.factorize(df["user_id"].astype(str))
+    item, items = pd.factorize(df["item_id"].astype(str))
+    dom, seen = pd.factorize(df["domain"].astype(str))
+    names = _domain_order(list(seen), domains)
+    remap = np.array([names.index(d) for d in seen], dtype=np.int64)
+    _check_one_domain_per_item(item, remap[dom], items, names)
+    time = df["timestamp"].to_numpy()  # native dtype: int64 epoch-ns would lose ties as float
+    return _Log(
+        user.astype(np.int64), item.astype(np.int64), remap[dom], time, np.asarray(users), np.asarray(items), names
+    )
+
+
+def _domain_order(seen: list[str], domains: list[str] | None) -> list[str]:
+    names = [str(d) for d in domains] if domains is not None else sorted(seen)
+    if len(set(names)) != len(names):
+        raise DataError(f"domain order lists a domain twice: {names}")
+    unlisted = sorted(set(seen) - set(names))
+    if unlisted:
+        raise DataError(f"the data has domain(s) {unlisted} that the domain order {names} does not list")
+    if not MIN_DOMAINS <= len(names) <= MAX_DOMAINS:
+        raise DataError(f"found {len(names)} domain(s) {names}; Taesar needs {MIN_DOMAINS} to {MAX_DOMAINS}")
+    return names
+
+
+def _check_one_domain_per_item(item: np.ndarray, dom: np.ndarray, items: np.ndarray, names: list[str]) -> None:
+    seen = _presence(item, dom, len(items), len(names))
+    twice = np.flatnonzero(seen.sum(axis=1) > 1)
+    if len(twice):
+        examples = {str(items[i]): [names[d] for d in np.flatnonzero(seen[i])] for i in twice[:5]}
+        raise DataError(f"{len(twice)} item(s) appear in more than one domain, e.g. {examples}")
+
+
+def _presence(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> np.ndarray:
+    """Bool matrix [n_rows, n_cols]: which (row, col) pairs occur. One pass, unlike np.unique."""
+    seen = np.zeros((n_rows, n_cols), dtype=bool)
+    seen[rows, cols] = True
+    return seen
+
+
+def _filter_core(log: _Log, cfg: PrepConfig) -> _Log:
+    """Iterate k-core (per user and domain, per item) and the all-domains rule to a fixed point:
+    each filter can break the other, and the paper's data satisfies both."""
+    k, n_dom = cfg.k_core, len(log.domains)
+    while True:
+        keep = np.ones(len(log.user), dtype=bool)
+        if k > 1:
+            user_dom = log.user * n_dom + log.domain
+            keep &= _group_size(user_dom) >= k
+            keep &= _group_size(log.item) >= k
+        if cfg.require_all_domains:
+            n_seen = _presence(log.user[keep], log.domain[keep], len(log.users), n_dom).sum(axis=1)
+            keep &= n_seen[log.user] == n_dom
+        if keep.all():
+            return log
+        log = log.take(keep)
+
+
+def _live_codes(codes: np.ndarray) -> np.ndarray:
+    """Sorted distinct codes (np.unique is a sort; this is one pass)."""
+    return np.flatnonzero(np.bincount(codes)) if len(codes) else np.zeros(0, dtype=np.int64)
+
+
+def _n_distinct(codes: np.ndarray) -> int:
+    return int(np.count_nonzero(np.bincount(codes))) if len(codes) else 0
+
+
+def _group_size(codes: np.ndarray) -> np.ndarray:
+    """For every row, how many rows share its code."""
+    return np.bincount(codes)[codes] if len(codes) else np.zeros(0, dtype=np.int64)
+
+
+def _sort(log: _Log) -> _Log:
+    # two stable sorts (time, then user) leave equal timestamps in input order
+    by_time = np.argsort(log.time, kind="stable")
+    return log.take(by_time[np.argsort(log.user[by_time], kind="stable")])
+
+
+def _last_n(user: np.ndarray, n: int) -> np.ndarray:
+    """Mask of the last n rows of each user; rows must be grouped by user."""
+    if not len(user):
+        return np.zeros(0, dtype=bool)
+    ends = np.flatnonzero(np.r_[user[1:] != user[:-1], True])  # last row of each run
+    run_end = np.repeat(ends, np.diff(np.r_[-1, ends]))
+    return run_end - np.arange(len(user)) < n
+
+
+def _build_catalogue(log: _Log, stats: dict, cfg: PrepConfig) -> Catalogue:
+    item_rows = np.bincount(log.domain, minlength=len(log.domains))
+    empty = [d for d, n in zip(log.domains, item_rows, strict=True) if n == 0]
+    if empty:
+        per_domain = dict(zip(log.domains, item_rows.tolist(), strict=True))
+        raise DataError(
+            f"domain(s) {empty} have no interactions left after preprocessing "
+            f"(k_core={cfg.k_core}, require_all_domains={cfg.require_all_domains}, min length {cfg.min_len}); "
+            f"interactions per domain: {per_domain}; counts by step: {stats}"
+        )
+    codes = _live_codes(log.item)
+    item_domain = np.zeros(len(log.items), dtype=np.int64)
+    item_domain[log.item] = log.domain  # one domain per item, checked in _encode
+    mapping = dict(zip(log.items[codes].tolist(), [log.domains[d] for d in item_domain[codes]], strict=True))
+    try:
+        return Catalogue.build(mapping, domains=log.domains)
+    except CatalogueError as exc:
+        raise DataError(f"cannot build the catalogue: {exc.message}") from exc
+
+
+def _sequences(log: _Log, catalogue: Catalogue) -> tuple[list[str], list[np.ndarray]]:
+    """One dense-id array per user, users in natural id order ("2" before "10")."""
+    dense_of_code = np.full(len(log.items), -1, dtype=np.int64)
+    codes = _live_codes(log.item)
+    dense_of_code[codes] = pd.Index(catalogue.item_ids).get_indexer(log.items[codes].astype(str))
+    dense = dense_of_code[log.item]
+    assert (dense >= 0).all()
+    starts = np.flatnonzero(np.r_[True, log.user[1:] != log.user[:-1]])  # rows are grouped by user
+    user_codes = log.user[starts]
+    bounds = np.r_[starts, len(dense)]
+    ids = log.users[user_codes].astype(str)
+    order = _natural_order(ids)
+    return [str(ids[i]) for i in order], [dense[bounds[i] : bounds[i + 1]].copy() for i in order]
+
+
+def _natural_order(ids: np.ndarray) -> np.ndarray:
+    num = pd.to_numeric(pd.Series(ids), errors="coerce").to_numpy(dtype=np.float64)
+    is_text = np.isnan(num)
+    return np.lexsort((ids, np.where(is_text, 0.0, num), is_text))
+
+
+def fingerprint(catalogue: Catalogue, user_ids: list[str], sequences: list[np.ndarray], options: dict) -> str:
+    h = hashlib.sha256()
+    h.update(catalogue.fingerprint().encode())
+    h.update(json.dumps(user_ids, ensure_ascii=False).encode())
+    h.update(json.dumps(options, sort_keys=True, ensure_ascii=False).encode())
+    h.update(np.asarray([len(s) for s in sequences], dtype="<i8").tobytes())
+    for s in sequences:
+        h.update(np.asarray(s, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+# -- storage -------------------------------------------------------------------------
+
+
+def save_dataset(ds: Dataset, out_dir: str | Path) -> Path:
+    """Write the dataset folder; the manifest goes last, so a half-written folder is not a dataset."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)
+    (out / _FILES["catalogue"]).write_text(json.dumps(ds.catalogue.to_dict(), ensure_ascii=False), encoding="utf-8")
+    pq.write_table(_sequence_table(ds), out / _FILES["sequences"])
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "source": ds.source,
+        "options": ds.options,
+        **_counts(ds),
+        "stats": ds.stats,
+        "fingerprint": ds.fingerprint,
+        "files": {name: _sha256(out / name) for name in _FILES.values()},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    return out
+
+
+def _sequence_table(ds: Dataset) -> pa.Table:
+    offsets = np.r_[0, np.cumsum([len(s) for s in ds.sequences])].astype(np.int64)
+    values = np.concatenate(ds.sequences).astype(np.int64) if ds.sequences else np.zeros(0, np.int64)
+    items = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
+    return pa.table({"user_id": pa.array(ds.user_ids, pa.string()), "items": items})
+
+
+def _counts(ds: Dataset) -> dict:
+    cat = ds.catalogue
+    flat = np.concatenate(ds.sequences) if ds.sequences else np.zeros(0, np.int64)
+    per_dom = np.bincount(cat.item_domain[flat], minlength=cat.n_domains) if len(flat) else np.zeros(cat.n_domains)
+    return {
+        "n_users": len(ds.user_ids),
+        "n_items": cat.n_items,
+        "n_interactions": len(flat),
+        "domains": {
+            d: {"items": cat.domain_size(k), "interactions": int(per_dom[k])} for k, d in enumerate(cat.domains)
+        },
+    }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    folder = Path(path)
+    manifest = _read_manifest(folder)
+    for name, digest in manifest["files"].items():
+        if not (folder / name).is_file():
+            raise DataError(f"{folder}: dataset file {name} is missing")
+        if _sha256(folder / name) != digest:
+            raise DataError(f"{folder}: checksum mismatch in {name}; the file changed since it was saved")
+    try:
+        catalogue = Catalogue.from_dict(json.loads((folder / _FILES["catalogue"]).read_text(encoding="utf-8")))
+    except CatalogueError as exc:
+        raise DataError(f"{folder}: bad catalogue: {exc.message}") from exc
+    user_ids, sequences = _read_sequences(folder / _FILES["sequences"])
+    ds = Dataset(catalogue, user_ids, sequences, manifest["options"], manifest["fingerprint"], manifest["source"])
+    ds.stats = manifest.get("stats", {})
+    if fingerprint(catalogue, user_ids, sequences, ds.options) != ds.fingerprint:
+        raise DataError(f"{folder}: the data does not match the manifest's fingerprint")
+    return ds
+
+
+def _read_manifest(folder: Path) -> dict:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such dataset folder")
+    file = folder / "manifest.json"
+    if not file.is_file():
+        raise DataError(f"{folder}: no manifest.json; not a prepared dataset (or an interrupted save)")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{file}: not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{folder}: manifest.json is not a {FORMAT} manifest")
+    if manifest.get("version") != VERSION:
+        raise DataError(f"{folder}: dataset format version {manifest.get('version')}; this code reads {VERSION}")
+    missing = [k for k in ("files", "options", "fingerprint", "source") if k not in manifest]
+    if missing or set(manifest["files"]) != set(_FILES.values()):
+        raise DataError(f"{folder}: manifest.json is incomplete (missing {missing or 'file entries'})")
+    return manifest
+
+
+def _read_sequences(path: Path) -> tuple[list[str], list[np.ndarray]]:
+    table = pq.read_table(path)
+    items = table.column("items").combine_chunks()
+    offsets = items.offsets.to_numpy()
+    values = items.values.to_numpy().astype(np.int64)
+    sequences = [values[a:b].copy() for a, b in pairwise(offsets)]
+    return table.column("user_id").to_pylist(), sequences
+
+
+# -- splits (leave-N-out) ------------------------------------------------------------
+
+
+def train_part(seq: np.ndarray, holdout: int = 1) -> np.ndarray:
+    """The prefix left for training: s[:len - 2N] (N valid and N test targets held out)."""
+    return seq[: max(len(seq) - 2 * holdout, 0)]
+
+
+def _positions(n: int, split: Split, holdout: int) -> range:
+    if split == "test":
+        return range(max(n - holdout, 1), n)
+    if split == "valid":
+        return range(max(n - 2 * holdout, 1), max(n - holdout, 1))
+    raise DataError(f"unknown split {split!r}; use 'valid' or 'test'")
+
+
+def eval_points(sequences: list[np.ndarray], split: Split, holdout: int = 1) -> list[EvalPoint]:
+    """Mixed-sequence points: history s[:p] -> target s[p] for the split's N positions."""
+    return [
+        EvalPoint(u, seq[:p], int(seq[p]))
+        for u, seq in enumerate(sequences)
+        for p in _positions(len(seq), split, holdout)
+    ]
+
+
+def domain_eval_points(
+    sequences: list[np.ndarray], catalogue: Catalogue, domain: str, split: Split, holdout: int = 1
+) -> list[EvalPoint]:
+    """Points whose target is a `domain` item; the history keeps only that domain's items."""
+    a, b = catalogue.domain_range(domain)
+    points = []
+    for u, seq in enumerate(sequences):
+        for p in _positions(len(seq), split, holdout):
+            if a <= seq[p] < b:
+                hist = seq[:p]
+                hist = hist[(hist >= a) & (hist < b)]
+                if len(hist):
+                    points.append(EvalPoint(u, hist, int(seq[p])))
+    return points
+
+
+def domain_train_sequences(
+    sequences: list[np.ndarray], catalogue: Catalogue, domain: str, holdout: int = 1
+) -> list[np.ndarray]:
+    """Each user's train part filtered to `domain`, kept when at least 2 items remain."""
+    a, b = catalogue.domain_range(domain)
+    out = []
+    for seq in sequences:
+        part = train_part(seq, holdout)
+        part = part[(part >= a) & (part < b)]
+        if len(part) >= 2:
+            out.append(part)
+    return out
+
+
+# -- reporting -----------------------------------------------------------------------
+
+
+def summarize(ds: Dataset) -> dict:
+    lengths = np.array([len(s) for s in ds.sequences])
+    counts = _counts(ds)
+    return {
+        "source": ds.source,
+        "users": counts["n_users"],
+        "items": counts["n_items"],
+        "interactions": counts["n_interactions"],
+        "mean_length": float(lengths.mean()) if len(lengths) else 0.0,
+        "domains": counts["domains"],
+        "fingerprint": ds.fingerprint,
+    }
