@@ -1,0 +1,512 @@
+"""The `taesar` command line: data preparation, pretraining and regeneration.
+
+Every user mistake ends as one red line on stderr and exit code 2; progress bars
+go to stderr so stdout stays clean for tables and pipes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from models.errors import TaesarError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+data_app = typer.Typer(no_args_is_help=True, help="Import interaction logs into prepared datasets.")
+app.add_typer(data_app, name="data")
+
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_CACHE = Path.home() / ".cache" / "taesar"
+
+
+def user_errors(fn: F) -> F:
+    """Turn domain errors into one line and exit code 2 instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TaesarError as exc:
+            err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def progress_bars() -> Iterator[Callable[[str, int, int, dict], None]]:
+    """A callback (phase, done, total, info) that drives one rich bar per phase."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    with Progress(*columns, console=err, transient=False) as bars:
+        tasks: dict[str, int] = {}
+
+        def update(phase: str, done: int, total: int, info: dict | None = None) -> None:
+            if phase not in tasks:
+                tasks[phase] = bars.add_task(phase, total=total, info="")
+            text = "  ".join(f"{k}={_fmt(v)}" for k, v in (info or {}).items())
+            bars.update(tasks[phase], completed=done, total=total, info=text)
+
+        yield update
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+# -- data ---------------------------------------------------------------------------
+
+
+def _prep_config(require_all_domains: bool, k_core: int, max_len: int, holdout: int):
+    from models.data import PrepConfig
+
+    return PrepConfig(require_all_domains=require_all_domains, k_core=k_core, max_len=max_len, holdout=holdout)
+
+
+AllDomains = Annotated[
+    bool, typer.Option("--require-all-domains/--any-domains", help="keep only users active in every domain")
+]
+KCore = Annotated[int, typer.Option(help="k-core filter applied per domain (1 disables it)")]
+MaxLen = Annotated[int, typer.Option(help="keep each user's last N interactions")]
+Holdout = Annotated[int, typer.Option(help="leave-N-out: last N positions test, N before them valid")]
+
+
+def _save_and_report(df: Any, cfg: Any, out_dir: Path, source: str, domains: list[str] | None = None) -> None:
+    from models.data import prepare, save_dataset, summarize
+
+    ds = prepare(df, cfg, domains=domains, source=source)
+    save_dataset(ds, out_dir)
+    s = summarize(ds)
+    table = Table(title=f"prepared {source} -> {out_dir}")
+    table.add_column("domain")
+    table.add_column("items", justify="right")
+    table.add_column("interactions", justify="right")
+    for name, row in s["domains"].items():
+        table.add_row(name, str(row["items"]), str(row["interactions"]))
+    out.print(table)
+    out.print(f"users {s['users']}  interactions {s['interactions']}  fingerprint {ds.fingerprint[:12]}")
+
+
+@data_app.command("ml100k")
+@user_errors
+def data_ml100k(
+    out_dir: Annotated[Path, typer.Option("--out", help="dataset folder to write")],
+    grouplens: Annotated[
+        Path | None, typer.Option(help="folder with GroupLens u.data/u.item instead of the RecBole wheel")
+    ] = None,
+    cache: Annotated[Path, typer.Option(help="where the RecBole wheel is cached")] = DEFAULT_CACHE,
+    require_all_domains: AllDomains = True,
+    k_core: KCore = 3,
+    max_len: MaxLen = 128,
+    holdout: Holdout = 1,
+) -> None:
+    """MovieLens-100K, genres mapped to 4 domains (docs/data.md), read from the RecBole 1.2.1 wheel."""
+    from models import importers
+
+    if grouplens is not None:
+        df, source = importers.read_ml100k_grouplens(grouplens), "ml-100k (GroupLens files)"
+    else:
+        wheel = importers.fetch_recbole_wheel(cache)
+        df, source = importers.read_ml100k_recbole(wheel), "ml-100k (RecBole 1.2.1 wheel)"
+    cfg = _prep_config(require_all_domains, k_core, max_len, holdout)
+    _save_and_report(df, cfg, out_dir, source, domains=list(importers.ML100K_DOMAINS))
+
+
+@data_app.command("import")
+@user_errors
+def data_import(
+    interactions: Annotated[Path, typer.Option(help="CSV, TSV or Parquet interaction log")],
+    out_dir: Annotated[Path, typer.Option("--out", help="dataset folder to write")],
+    user_col: str = "user_id",
+    item_col: str = "item_id",
+    domain_col: str = "domain",
+    time_col: str = "timestamp",
+    require_all_domains: AllDomains = True,
+    k_core: KCore = 3,
+    max_len: MaxLen = 128,
+    holdout: Holdout = 1,
+) -> None:
+    """A generic log with columns user_id,item_id,domain,timestamp (names configurable)."""
+    from models.importers import read_interactions
+
+    df = read_interactions(interactions, user_col=user_col, item_col=item_col, domain_col=domain_col, time_col=time_col)
+    cfg = _prep_config(require_all_domains, k_core, max_len, holdout)
+    _save_and_report(df, cfg, out_dir, source=interactions.name)
+
+
+# -- pretrain -----------------------------------------------------------------------
+
+Device = Annotated[str, typer.Option(help="auto picks CUDA when available")]
+
+
+def _run_pretrain(data: Path, bundle: Path, epochs: int, adapt_epochs: int, seed: int, device: str) -> Path:
+    from models.bundle import save_bundle
+    from models.data import load_dataset
+    from models.pretrain import TrainConfig, pretrain
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter("--device must be auto, cpu or cuda")
+    ds = load_dataset(data)
+    cfg = TrainConfig(epochs=epochs, adapt_epochs=adapt_epochs, seed=seed, device=device, holdout=ds.options["holdout"])
+    started = time.perf_counter()
+    with progress_bars() as bars:
+        result = pretrain(ds, cfg, progress=bars)
+    path = save_bundle(
+        bundle,
+        catalogue=ds.catalogue,
+        model_config=result.model_config,
+        mixed=result.mixed,
+        experts=result.experts,
+        data_fingerprint=ds.fingerprint,
+        metrics=result.metrics,
+        training=result.training,
+    )
+    _print_metrics(result.metrics)
+    out.print(f"bundle written to {path} in {time.perf_counter() - started:.0f} s")
+    return path
+
+
+def _print_metrics(metrics: dict) -> None:
+    table = Table(title="validation metrics")
+    table.add_column("model")
+    keys = ["HR@10", "NDCG@10", "MRR@10"]
+    for k in keys:
+        table.add_column(k, justify="right")
+    for name, m in _flat_metric_rows(metrics):
+        table.add_row(name, *(f"{m[k]:.4f}" if k in m else "-" for k in keys))
+    out.print(table)
+
+
+def _flat_metric_rows(metrics: dict, prefix: str = "") -> Iterator[tuple[str, dict]]:
+    for name, value in metrics.items():
+        if isinstance(value, dict) and "NDCG@10" in value:
+            yield prefix + name, value
+        elif isinstance(value, dict):
+            yield from _flat_metric_rows(value, prefix + name + "/")
+
+
+@app.command()
+@user_errors
+def pretrain(
+    data: Annotated[Path, typer.Option(help="prepared dataset folder")],
+    bundle: Annotated[Path, typer.Option("--out", help="bundle folder to write")],
+    epochs: Annotated[int, typer.Option(help="max epochs of the mixed model (early stopping)")] = 200,
+    adapt_epochs: Annotated[int, typer.Option(help="epochs of domain adaptation per expert")] = 20,
+    seed: int = 42,
+    device: Device = "auto",
+) -> None:
+    """Stage I: train the mixed model, then one expert per domain; write a bundle."""
+    _run_pretrain(data, bundle, epochs, adapt_epochs, seed, device)
+
+
+# -- regenerate ---------------------------------------------------------------------
+
+
+Ablation = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--ablation",
+        help="no_adaptation | no_source_experts | no_global | no_local (repeatable)",
+    ),
+]
+
+
+def _decode_options(ablations: list[str] | None):
+    from models.decoding import DecodeOptions
+    from models.errors import TaesarError
+
+    names = {"no_adaptation", "no_source_experts", "no_global", "no_local"}
+    chosen = set(ablations or [])
+    if chosen - names:
+        raise TaesarError(f"unknown ablation(s) {sorted(chosen - names)}; choose from {sorted(names)}")
+    return DecodeOptions(**{n: True for n in chosen})
+
+
+Records = Callable[[], Iterator[tuple[str, list]]]
+
+
+def _records(data: Path | None, input_file: Path | None, split: str, catalogue: Any) -> tuple[Records, int | None]:
+    """A re-iterable source of (user id, external item ids) and its size when known.
+
+    A JSONL input is read lazily (twice when unknown items must be rejected up front),
+    so a file of millions of sequences never sits in memory.
+    """
+    from models.data import load_dataset, train_part
+    from models.errors import DataError
+    from models.output import read_jsonl_input
+
+    if (data is None) == (input_file is None):
+        raise DataError("give exactly one of --data DIR or --input FILE.jsonl")
+    if input_file is not None:
+        path = input_file
+        return (lambda: ((r.user_id, r.items) for r in read_jsonl_input(path))), None
+    ds = load_dataset(data)
+    if ds.catalogue != catalogue:
+        raise DataError(f"dataset {data} was not prepared with this bundle's catalogue (different items or domains)")
+    holdout = ds.options["holdout"]
+    rows = [
+        (u, [catalogue.external(int(i)) for i in (s if split == "full" else train_part(s, holdout))])
+        for u, s in zip(ds.user_ids, ds.sequences, strict=True)
+    ]
+    return (lambda: iter(rows)), len(rows)
+
+
+@app.command()
+@user_errors
+def regenerate(
+    bundle: Annotated[Path, typer.Option(help="bundle folder written by `taesar pretrain`")],
+    target: Annotated[str, typer.Option(help="target domain name")],
+    out_file: Annotated[Path, typer.Option("--out", help="output file")],
+    data: Annotated[Path | None, typer.Option(help="prepared dataset folder")] = None,
+    input_file: Annotated[Path | None, typer.Option("--input", help='JSONL: {"user_id"?, "items": [...]}')] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl | recbole")] = "jsonl",
+    split: Annotated[str, typer.Option(help="with --data: train (no valid/test items) | full")] = "train",
+    unknown_items: Annotated[str, typer.Option(help="error | drop (reason unknown_item)")] = "error",
+    ablation: Ablation = None,
+    device: Device = "auto",
+    batch_size: int = 256,
+    memory_budget_mb: int = 256,
+) -> None:
+    """Stage II: rewrite every sequence into the target domain (keep / replace / discard)."""
+    from models.bundle import load_bundle
+    from models.decoding import Regenerator
+
+    _check_choice("--format", fmt, ("jsonl", "recbole"))
+    _check_choice("--split", split, ("train", "full"))
+    _check_choice("--unknown-items", unknown_items, ("error", "drop"))
+    options = _decode_options(ablation)
+    b = load_bundle(bundle, device=_device(device))
+    b.catalogue.domain_index(target)
+    records, total = _records(data, input_file, split, b.catalogue)
+    engine = Regenerator(
+        b.catalogue,
+        b.mixed,
+        b.experts,
+        device=_device(device),
+        batch_size=batch_size,
+        memory_budget_mb=memory_budget_mb,
+    )
+    stats = _regenerate_to_file(engine, target, records, total, out_file, fmt, unknown_items, options)
+    _print_counts({target: stats})
+    out.print(f"wrote {out_file}")
+
+
+def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise TaesarError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _device(device: str) -> str:
+    import torch
+
+    _check_choice("--device", device, ("auto", "cpu", "cuda"))
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TaesarError("--device cuda asked for, but torch sees no CUDA device")
+    return device
+
+
+def _regenerate_to_file(
+    engine: Any,
+    target: str,
+    records: Records,
+    total: int | None,
+    out_file: Path,
+    fmt: str,
+    unknown_items: str,
+    options: Any,
+) -> dict[str, int]:
+    """Streams results into a temporary file renamed into place at the end, so a failure
+    (e.g. an unknown item) never leaves a truncated output behind."""
+    from models.decoding import iter_regenerate_external
+    from models.output import to_output_line, write_jsonl, write_recbole
+
+    if unknown_items == "error":  # reject before decoding anything
+        for k, (_, items) in enumerate(records()):
+            for item in items:
+                _known(engine.catalogue, item, k)
+    totals = {"sequences": 0, "kept": 0, "replaced": 0, "discarded": 0}
+    users: list[str] = []
+
+    def lines() -> Iterator[dict]:
+        for result in iter_regenerate_external(
+            engine,
+            (items for u, items in _remember_users(records(), users)),
+            target,
+            unknown_items=unknown_items,
+            options=options,
+            on_progress=lambda n: bars(f"regenerate {target}", n, total or n, {}),
+        ):
+            totals["sequences"] += 1
+            for k in ("kept", "replaced", "discarded"):
+                totals[k] += result.stats[k]
+            yield to_output_line(result, engine.catalogue, target, users[totals["sequences"] - 1])
+
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(f".{out_file.name}.partial")
+    try:
+        with progress_bars() as bars:
+            (write_jsonl if fmt == "jsonl" else write_recbole)(tmp, lines())
+        tmp.replace(out_file)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return totals
+
+
+def _known(catalogue: Any, item: Any, k: int) -> int:
+    from models.errors import UnknownItemError
+
+    dense = catalogue.get(item)
+    if dense is None:
+        raise UnknownItemError(
+            f"unknown item {item!r} in sequence {k} (use --unknown-items drop to discard unknown items)",
+            {"item": str(item), "sequence": k},
+        )
+    return dense
+
+
+def _remember_users(rows: Iterator[tuple[str, list]], users: list[str]) -> Iterator[tuple[str, list]]:
+    for u, items in rows:
+        users.append(u)
+        yield u, items
+
+
+def _print_counts(per_domain: dict[str, dict[str, int]]) -> None:
+    table = Table(title="decisions per target domain")
+    for col in ("target", "sequences", "kept", "replaced", "discarded"):
+        table.add_column(col, justify="left" if col == "target" else "right")
+    for name, s in per_domain.items():
+        table.add_row(name, *(str(s[k]) for k in ("sequences", "kept", "replaced", "discarded")))
+    out.print(table)
+
+
+# -- pipeline -----------------------------------------------------------------------
+
+
+@app.command()
+@user_errors
+def pipeline(
+    data: Annotated[Path, typer.Option(help="prepared dataset folder")],
+    run: Annotated[Path, typer.Option("--out", help="run folder: bundle/, regenerated/, summary.json")],
+    targets: Annotated[str | None, typer.Option(help="comma-separated target domains (default: all)")] = None,
+    epochs: int = 200,
+    adapt_epochs: int = 20,
+    seed: int = 42,
+    device: Device = "auto",
+) -> None:
+    """Pretrain, then regenerate every chosen target domain; print per-domain decision counts."""
+    from models.bundle import load_bundle
+    from models.data import load_dataset
+    from models.decoding import Regenerator
+
+    started = time.perf_counter()
+    ds = load_dataset(data)
+    chosen = _parse_targets(targets, ds.catalogue)
+    bundle_dir = _run_pretrain(data, run / "bundle", epochs, adapt_epochs, seed, device)
+    b = load_bundle(bundle_dir, device=_device(device))
+    engine = Regenerator(b.catalogue, b.mixed, b.experts, device=_device(device))
+    records, total = _records(data, None, "train", b.catalogue)
+    counts: dict[str, dict[str, int]] = {}
+    for target in chosen:
+        path = run / "regenerated" / f"{ds.catalogue.domain_index(target):02d}.jsonl"
+        counts[target] = _regenerate_to_file(
+            engine, target, records, total, path, "jsonl", "error", _decode_options(None)
+        )
+        counts[target]["file"] = str(path.relative_to(run))  # type: ignore[assignment]
+    _print_counts(counts)
+    summary = {"data": str(data), "targets": counts, "wall_time_s": round(time.perf_counter() - started, 1)}
+    (run / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    out.print(f"run written to {run} in {summary['wall_time_s']} s")
+
+
+def _parse_targets(targets: str | None, catalogue: Any) -> list[str]:
+    if not targets:
+        return list(catalogue.domains)
+    names = [t.strip() for t in targets.split(",") if t.strip()]
+    for n in names:
+        catalogue.domain_index(n)
+    return names
+
+
+@app.command()
+@user_errors
+def info(bundle: Annotated[Path, typer.Argument(help="bundle folder")]) -> None:
+    """Print a bundle's domains, sizes, hyper-parameters and validation metrics (no weights loaded)."""
+    from models.bundle import read_manifest
+
+    manifest = read_manifest(bundle)
+    json.dump(_manifest_summary(manifest), sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def _manifest_summary(manifest: dict) -> dict:
+    cat = manifest["catalogue"]
+    sizes = {d: b - a for d, a, b in zip(cat["domains"], cat["offsets"], cat["offsets"][1:], strict=False)}
+    return {
+        "format_version": manifest["format_version"],
+        "domains": sizes,
+        "model_config": manifest["model_config"],
+        "training": manifest.get("training", {}),
+        "metrics": manifest.get("metrics", {}),
+        "data_fingerprint": manifest.get("data_fingerprint"),
+    }
+
+
+# -- service ------------------------------------------------------------------------
+
+
+@app.command()
+@user_errors
+def serve(
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn processes (each loads every bundle)")] = 1,
+) -> None:
+    """Run the HTTP API (settings from TAESAR_* environment variables; see docs/service.md)."""
+    from app.serve import serve_command
+
+    serve_command(host=host, port=port, workers=workers)
+
+
+@app.command()
+@user_errors
+def worker(
+    concurrency: Annotated[int, typer.Option(help="1 = one solo process (one per GPU); N > 1 = prefork on CPU")] = 1,
+    loglevel: str = "INFO",
+    queues: Annotated[str | None, typer.Option(help="comma-separated Celery queues (default: the API's queue)")] = None,
+) -> None:
+    """Run a Celery worker that decodes queued job chunks (same TAESAR_* settings as the API)."""
+    from workers.main import worker_command
+
+    if concurrency < 1:
+        raise TaesarError("--concurrency must be at least 1")
+    worker_command(concurrency=concurrency, loglevel=loglevel, queues=queues)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

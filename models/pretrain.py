@@ -1,0 +1,417 @@
+"""Stage I of Taesar: tri-model pretraining (METHOD.md §2).
+
+1. The mixed model: sequence-to-sequence next-item cross-entropy over the whole
+   catalogue on every user's train part, Adam, early stopping on validation
+   NDCG@10 (full ranking) with the best epoch's weights restored.
+2. One expert per domain d: a copy of the best mixed model, adapted for a fixed
+   number of epochs on the same mixed inputs with d's loss: at each d-item except
+   the user's last one the target is the next d-item (possibly several positions
+   ahead), softmax over d's items only.
+
+Both phases share one training loop over "rows": (inputs, targets) pairs where
+targets[t] is the softmax column that position t must predict, or -1 for no
+loss there. Speed on a CPU comes from three choices: rows are bucketed by length
+so batches carry little padding, the (n, V) logits are computed only for the n
+positions that have a target, and evaluation runs under inference_mode.
+
+Sequences longer than max_len + 1 are cut into windows of max_len inputs taken
+from the end, so every transition is trained exactly once; a window's first
+positions then see less context than max_len, which is the price of using all data.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.data import Dataset, eval_points, train_part
+from models.metrics import DEFAULT_KS, rank_of_targets, summarize
+from models.sasrec import PAD, SASRec, SASRecConfig
+
+__all__ = ["PretrainResult", "ProgressFn", "TrainConfig", "next_in_domain", "pretrain", "resolve_device"]
+
+# (phase, step, total, metrics): phase is "mixed" or "expert:<domain>", step counts epochs
+ProgressFn = Callable[[str, int, int, dict], None]
+SELECT_METRIC = "NDCG@10"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 200  # max epochs of the mixed model; early stopping usually ends sooner
+    patience: int = 10  # epochs without a better validation NDCG@10 before stopping
+    adapt_epochs: int = 20  # fixed, as in the released code
+    lr: float = 3e-4
+    batch_size: int = 128
+    eval_batch_size: int = 128  # measured: 512 is 2.5x slower on CPU (attention scores fall out of cache)
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda
+    holdout: int = 1
+    ks: tuple[int, ...] = DEFAULT_KS
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        positive = ("epochs", "patience", "batch_size", "eval_batch_size", "holdout")
+        bad = [n for n in positive if getattr(self, n) < 1] + (["adapt_epochs"] if self.adapt_epochs < 0 else [])
+        if bad or self.lr <= 0:
+            raise ValueError(f"TrainConfig values out of range: {bad or ['lr']}")
+
+
+@dataclass
+class PretrainResult:
+    mixed: SASRec
+    experts: dict[str, SASRec]
+    metrics: dict[str, Any]  # {"mixed": {...}, "domains": {d: {"mixed": {...}, "expert": {...}}}}
+    model_config: SASRecConfig
+    config: TrainConfig
+    epochs_run: int
+    best_epoch: int
+    timings: dict[str, float]  # seconds per phase
+    history: list[dict[str, float]] = field(default_factory=list)  # one entry per mixed epoch
+
+    @property
+    def training(self) -> dict[str, Any]:
+        """What a bundle records about how its models were trained."""
+        return {
+            **asdict(self.config),
+            "ks": list(self.config.ks),
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
+            "history": self.history,
+        }
+
+
+# -- rows: what the loop trains on ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rows:
+    inputs: list[np.ndarray]  # dense ids
+    targets: list[np.ndarray]  # softmax column per position, -1 = no loss
+    lengths: np.ndarray  # (R,)
+
+
+def next_in_domain(seq: np.ndarray, in_domain: np.ndarray) -> np.ndarray:
+    """Expert targets of one sequence: at each d-item, the next d-item of the sequence.
+
+    in_domain (L,) bool marks d-items. Returns (L,) with -1 where seq[t] is not in d
+    and at the last d-item (nothing left to predict). Vectorised: consecutive
+    d-positions p_i < p_{i+1} give target[p_i] = seq[p_{i+1}].
+    """
+    out = np.full(len(seq), -1, dtype=np.int64)
+    pos = np.flatnonzero(in_domain)
+    out[pos[:-1]] = seq[pos[1:]]
+    return out
+
+
+def _windows(inputs: np.ndarray, targets: np.ndarray, max_len: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Cut (inputs, targets) into windows of <= max_len from the end; skip windows without a target."""
+    for end in range(len(inputs), 0, -max_len):
+        start = max(0, end - max_len)
+        tgt = targets[start:end]
+        live = np.flatnonzero(tgt >= 0)
+        if live.size:
+            # positions after the last target cannot affect the loss (causal), so drop them
+            stop = start + int(live[-1]) + 1
+            yield inputs[start:stop], targets[start:stop]
+
+
+def build_rows(train_seqs: Sequence[np.ndarray], max_len: int, targets_of: Callable[[np.ndarray], np.ndarray]) -> Rows:
+    """targets_of(seq) -> (len(seq),) targets; the last item is never an input."""
+    inputs, targets = [], []
+    for seq in train_seqs:
+        if len(seq) < 2:
+            continue
+        tgt = targets_of(seq)[:-1]
+        for inp, t in _windows(seq[:-1], tgt, max_len):
+            inputs.append(inp)
+            targets.append(t)
+    return Rows(inputs, targets, np.array([len(x) for x in inputs], dtype=np.int64))
+
+
+def mixed_rows(train_seqs: Sequence[np.ndarray], max_len: int) -> Rows:
+    return build_rows(train_seqs, max_len, lambda s: np.append(s[1:], -1))
+
+
+def expert_rows(train_seqs: Sequence[np.ndarray], max_len: int, start: int, end: int) -> Rows:
+    """Domain [start, end)'s rows: next-d-item targets as columns of d's own softmax (id - start)."""
+
+    def targets_of(seq: np.ndarray) -> np.ndarray:
+        tgt = next_in_domain(seq, (seq >= start) & (seq < end))
+        return np.where(tgt >= 0, tgt - start, -1)
+
+    return build_rows(train_seqs, max_len, targets_of)
+
+
+# -- batching ------------------------------------------------------------------------
+
+
+def _pad(arrays: Sequence[np.ndarray], fill: int, offset: int = 0) -> torch.Tensor:
+    """Right-pad 1-D arrays into (B, L_max) int64."""
+    out = np.full((len(arrays), max(len(a) for a in arrays)), fill, dtype=np.int64)
+    for i, a in enumerate(arrays):
+        out[i, : len(a)] = a + offset
+    return torch.from_numpy(out)
+
+
+def length_buckets(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Batches of row indices with similar lengths (little padding), in random order.
+
+    Rows are shuffled before a stable sort by length, so rows of equal length meet
+    different neighbours every epoch; then the batch order is shuffled.
+    """
+    order = rng.permutation(len(lengths))
+    order = order[np.argsort(lengths[order], kind="stable")]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+# -- training ------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    # bf16 only on CUDA: CPU bf16 matmuls are slower than fp32 on most CPUs
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def batch_loss(model: SASRec, tokens: torch.Tensor, targets: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Mean cross-entropy over the positions with a target; softmax over items [start, end)."""
+    hidden = model(tokens)  # (B, L, H)
+    live = targets >= 0  # (B, L)
+    # gather first: the (n, V) logits matrix is the costliest tensor of the step
+    logits = model.scores(hidden[live], start, end)  # (n, end - start)
+    return F.cross_entropy(logits.float(), targets[live])
+
+
+def train_epoch(
+    model: SASRec,
+    opt: torch.optim.Optimizer,
+    rows: Rows,
+    span: tuple[int, int],
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> float:
+    """One pass over rows; returns the mean loss per target position."""
+    model.train()
+    total, count = 0.0, 0
+    for idx in length_buckets(rows.lengths, cfg.batch_size, rng):
+        tokens = _pad([rows.inputs[i] for i in idx], PAD, offset=1).to(device)  # (B, L) token = id + 1
+        targets = _pad([rows.targets[i] for i in idx], -1).to(device)  # (B, L)
+        with _autocast(device):
+            loss = batch_loss(model, tokens, targets, *span)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n = int((targets >= 0).sum())
+        total += loss.item() * n
+        count += n
+    return total / max(count, 1)
+
+
+# -- evaluation ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    histories: list[np.ndarray]  # last max_len items before the target
+    targets: np.ndarray  # (N,) dense ids
+
+
+def make_eval_set(sequences: Sequence[np.ndarray], split: str, holdout: int, max_len: int) -> EvalSet:
+    # a point with an empty history cannot be scored by a causal model: leave it out
+    points = [p for p in eval_points(sequences, split=split, holdout=holdout) if len(p.history)]
+    return EvalSet(
+        [np.asarray(p.history[-max_len:], dtype=np.int64) for p in points],
+        np.array([int(p.target) for p in points], dtype=np.int64),
+    )
+
+
+@torch.inference_mode()
+def last_hidden(model: SASRec, histories: Sequence[np.ndarray], batch_size: int, device: torch.device) -> torch.Tensor:
+    """Hidden state after each history's last item, (N, H) float32, in input order."""
+    model.eval()
+    lengths = np.array([len(h) for h in histories], dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")  # similar lengths together: little padding
+    out = torch.empty(len(histories), model.cfg.hidden, device=device)
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        tokens = _pad([histories[j] for j in idx], PAD, offset=1).to(device)  # (B, L)
+        with _autocast(device):
+            hidden = model(tokens)  # (B, L, H)
+        last = torch.as_tensor(lengths[idx] - 1, device=device)
+        out[torch.as_tensor(idx, device=device)] = hidden[torch.arange(len(idx), device=device), last].float()
+    return out
+
+
+@torch.inference_mode()
+def ranks_in_span(model: SASRec, hidden: torch.Tensor, targets: np.ndarray, start: int, end: int) -> np.ndarray:
+    """Full-ranking rank of each target among items [start, end), (N,) float64."""
+    w = model.item_weights()[start:end].float()  # (C, H)
+    scores = hidden @ w.T  # (N, C)
+    return rank_of_targets(scores, torch.as_tensor(targets - start, device=hidden.device))
+
+
+def evaluate_mixed(model: SASRec, valid: EvalSet, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    hidden = last_hidden(model, valid.histories, cfg.eval_batch_size, device)  # (N, H)
+    return summarize(ranks_in_span(model, hidden, valid.targets, 0, model.cfg.n_items), cfg.ks)
+
+
+def evaluate_domain(
+    model: SASRec, valid: EvalSet, span: tuple[int, int], cfg: TrainConfig, device: torch.device
+) -> dict[str, float]:
+    """Points whose target lies in the domain, ranked over the domain's items only."""
+    start, end = span
+    keep = np.flatnonzero((valid.targets >= start) & (valid.targets < end))
+    hidden = last_hidden(model, [valid.histories[i] for i in keep], cfg.eval_batch_size, device)
+    return summarize(ranks_in_span(model, hidden, valid.targets[keep], start, end), cfg.ks)
+
+
+# -- the two phases ------------------------------------------------------------------
+
+
+@dataclass
+class _EarlyStop:
+    patience: int
+    best: float = float("-inf")
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    bad: int = 0
+
+    def update(self, epoch: int, score: float, model: SASRec) -> bool:
+        """Record an epoch's score; True when training should stop."""
+        # strictly better, as RecBole: a tie does not reset patience; the first epoch is
+        # always kept so that a NaN score (diverged model) still leaves weights to restore
+        if score > self.best or self.best_state is None:
+            self.best, self.best_epoch, self.bad = score, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+
+def fit_mixed(
+    model: SASRec, rows: Rows, valid: EvalSet, cfg: TrainConfig, device: torch.device, progress: ProgressFn | None
+) -> tuple[int, int, list[dict[str, float]]]:
+    """Train with early stopping, restore the best weights; returns (epochs run, best epoch, history)."""
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    rng = np.random.default_rng([cfg.seed, 0])
+    stop, history, epoch = _EarlyStop(cfg.patience), [], 0
+    for epoch in range(1, cfg.epochs + 1):
+        loss = train_epoch(model, opt, rows, (0, model.cfg.n_items), cfg, rng, device)
+        score = evaluate_mixed(model, valid, cfg, device)[SELECT_METRIC]
+        done = stop.update(epoch, score, model)
+        history.append({"epoch": epoch, "loss": round(loss, 5), SELECT_METRIC: round(score, 5)})
+        if progress:
+            info = {"loss": loss, SELECT_METRIC: score, "best": stop.best, "best_epoch": stop.best_epoch}
+            progress("mixed", epoch, epoch if done else cfg.epochs, info)
+        if done:
+            break
+    assert stop.best_state is not None
+    model.load_state_dict(stop.best_state)
+    return epoch, stop.best_epoch, history
+
+
+def adapt_expert(
+    mixed: SASRec,
+    rows: Rows,
+    span: tuple[int, int],
+    phase: str,
+    seed: tuple[int, int],
+    cfg: TrainConfig,
+    device: torch.device,
+    progress: ProgressFn | None,
+) -> SASRec:
+    """Copy the mixed model and train it adapt_epochs on one domain's loss (no early stopping)."""
+    expert = copy.deepcopy(mixed)
+    # dropout masks depend on (seed, domain) only, not on the order experts are trained in
+    torch.manual_seed(int(np.random.SeedSequence(list(seed)).generate_state(1)[0]))
+    opt = torch.optim.Adam(expert.parameters(), lr=cfg.lr)
+    rng = np.random.default_rng(list(seed))
+    for epoch in range(1, cfg.adapt_epochs + 1):
+        loss = train_epoch(expert, opt, rows, span, cfg, rng, device) if rows.inputs else float("nan")
+        if progress:
+            progress(phase, epoch, cfg.adapt_epochs, {"loss": loss})
+    return expert.eval()
+
+
+def pretrain(
+    dataset: Dataset,
+    config: TrainConfig | None = None,
+    *,
+    model_config: SASRecConfig | None = None,
+    progress: ProgressFn | None = None,
+) -> PretrainResult:
+    """Stage I: the mixed model, then one expert per domain, with validation metrics."""
+    cfg = config or TrainConfig()
+    cat = dataset.catalogue
+    mcfg = model_config or SASRecConfig(n_items=cat.n_items)
+    if mcfg.n_items != cat.n_items:
+        raise ValueError(f"model_config.n_items={mcfg.n_items} but the catalogue has {cat.n_items} items")
+    device, timings = resolve_device(cfg.device), {}
+    with _timed(timings, "prepare"):
+        train_seqs = [train_part(np.asarray(s, dtype=np.int64), cfg.holdout) for s in dataset.sequences]
+        valid = make_eval_set(dataset.sequences, "valid", cfg.holdout, mcfg.max_len)
+        rows = mixed_rows(train_seqs, mcfg.max_len)
+    seed_everything(cfg.seed)
+    mixed = SASRec(mcfg).to(device)
+    with _timed(timings, "mixed"):
+        epochs_run, best_epoch, history = fit_mixed(mixed, rows, valid, cfg, device, progress)
+    experts = {}
+    for k, name in enumerate(cat.domains):
+        with _timed(timings, f"expert:{name}"):
+            span = cat.domain_range(k)
+            d_rows = expert_rows(train_seqs, mcfg.max_len, *span)
+            experts[name] = adapt_expert(
+                mixed, d_rows, span, f"expert:{name}", (cfg.seed, k + 1), cfg, device, progress
+            )
+    with _timed(timings, "evaluate"):
+        metrics = validation_metrics(mixed, experts, valid, cat, cfg, device)
+    timings["total"] = sum(timings.values())
+    return PretrainResult(mixed.eval(), experts, metrics, mcfg, cfg, epochs_run, best_epoch, timings, history)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - started
+
+
+def validation_metrics(
+    mixed: SASRec, experts: dict[str, SASRec], valid: EvalSet, catalogue: Any, cfg: TrainConfig, device: torch.device
+) -> dict[str, Any]:
+    """Mixed on all valid points; per domain, the mixed model and the expert on the same
+    points (target in d, ranked over d's items), so the effect of adaptation is visible."""
+    domains = {}
+    for k, name in enumerate(catalogue.domains):
+        span = catalogue.domain_range(k)
+        domains[name] = {
+            "mixed": evaluate_domain(mixed, valid, span, cfg, device),
+            "expert": evaluate_domain(experts[name], valid, span, cfg, device),
+        }
+    return {"split": "valid", "mixed": evaluate_mixed(mixed, valid, cfg, device), "domains": domains}

@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny 3-domain dataset and a bundle trained on it once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.synthetic import make_log
+
+TINY_DOMAINS = ["Böcher", "home & garden", "x"]
+
+
+@pytest.fixture(scope="session")
+def tiny_log_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("log") / "log.csv"
+    make_log(TINY_DOMAINS, n_users=60, seed=0).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory, tiny_log_csv: Path) -> Path:
+    from models.data import PrepConfig, prepare, save_dataset
+    from models.importers import read_interactions
+
+    ds = prepare(read_interactions(tiny_log_csv), PrepConfig(max_len=16), source="tiny")
+    return save_dataset(ds, tmp_path_factory.mktemp("data") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    """Small but really trained: max_len 16 so the sliding-context path is exercised."""
+    from models.bundle import save_bundle
+    from models.data import load_dataset
+    from models.pretrain import TrainConfig, pretrain
+    from models.sasrec import SASRecConfig
+
+    ds = load_dataset(tiny_data)
+    model = SASRecConfig(n_items=ds.catalogue.n_items, max_len=16, hidden=32, n_layers=1, n_heads=2, inner=32)
+    cfg = TrainConfig(epochs=30, patience=5, adapt_epochs=5, lr=3e-3, batch_size=32, seed=7, device="cpu")
+    result = pretrain(ds, cfg, model_config=model)
+    return save_bundle(
+        tmp_path_factory.mktemp("bundle") / "tiny",
+        catalogue=ds.catalogue,
+        model_config=result.model_config,
+        mixed=result.mixed,
+        experts=result.experts,
+        data_fingerprint=ds.fingerprint,
+        metrics=result.metrics,
+        training=result.training,
+    )
