@@ -1,0 +1,197 @@
+"""The API's in-process engines: every bundle under `settings.model_dir`, loaded once.
+
+This registry is the one piece of global state of the API (created in the app's
+lifespan, reached through `EnginesDep`). A bundle that fails to load (corrupt
+weights, checksum mismatch, ...) is recorded as a failure that /readyz and /models
+report; it never stops the process, so one bad upload cannot take down the models
+that did load.
+
+Decoding is CPU/GPU-bound: `Engines.run` sends it to a worker thread, gated by a
+capacity limiter, so the event loop keeps answering health checks and other
+requests meanwhile. That one seam is also where micro-batching of concurrent
+requests plugs in later.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from app.errors import ApiError
+from app.logging import get_logger, log_event
+from app.settings import Settings
+
+log = get_logger("engines")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    name: str
+    code: str
+    message: str
+
+
+@dataclass
+class Engine:
+    """One loaded bundle and the decoder built on it."""
+
+    name: str
+    path: Path
+    manifest: dict[str, Any]
+    catalogue: Any  # models.catalogue.Catalogue
+    regenerator: Any  # models.decoding.Regenerator
+    device: str
+
+    def regenerate(self, sequences: list[list[str]], target: str, *, unknown_items: str, options: Any) -> list[Any]:
+        """Decode on the calling thread; returns the engine's `Regenerated` objects.
+
+        With unknown_items="error" the engine checks every sequence before decoding
+        anything and names the sequence and position of the first unknown item.
+        """
+        from models.decoding import regenerate_external
+
+        return regenerate_external(self.regenerator, sequences, target, unknown_items=unknown_items, options=options)
+
+
+@dataclass
+class Engines:
+    engines: dict[str, Engine]
+    failures: list[LoadFailure] = field(default_factory=list)
+    # created lazily: a CapacityLimiter must be made inside the running event loop
+    decode_threads: int = 1
+    _limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.engines)
+
+    def get(self, name: str | None) -> Engine:
+        """The engine for `name`, or the only one when `name` is None; raises ApiError."""
+        if name is None:
+            if len(self.engines) == 1:
+                return next(iter(self.engines.values()))
+            if not self.engines:
+                raise self._not_ready()
+            raise ApiError(
+                "validation_error",
+                f"several models are loaded ({', '.join(self.names)}); name one in 'model'",
+                {
+                    "errors": [
+                        {"loc": ["body", "model"], "msg": "required when several models are loaded", "type": "missing"}
+                    ],
+                    "models": self.names,
+                },
+            )
+        if name in self.engines:
+            return self.engines[name]
+        if any(f.name == name for f in self.failures):
+            raise ApiError("model_not_ready", f"model {_clip(name)!r} failed to load; see GET /models", {"model": name})
+        if not self.engines:
+            raise self._not_ready()
+        raise ApiError(
+            "unknown_model",
+            f"unknown model {_clip(name)!r}; loaded: {', '.join(self.names)}",
+            {"model": _clip(name), "known": self.names},
+        )
+
+    def _not_ready(self) -> ApiError:
+        return ApiError(
+            "model_not_ready",
+            "no model is loaded",
+            {"failures": [f.name for f in self.failures]},
+            headers={"Retry-After": "30"},
+        )
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking engine work in a worker thread, at most `decode_threads` at a time."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.decode_threads)
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._limiter)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("TAESAR_DEVICE=cuda, but torch sees no CUDA device")
+    return device
+
+
+def bundle_folders(model_dir: Path) -> list[Path]:
+    """Bundle folders under `model_dir`; `model_dir` itself when it is one bundle.
+
+    Hidden folders are skipped: `save_bundle` writes `.name.*.tmp` siblings while it works.
+    """
+    if (model_dir / "manifest.json").is_file():
+        return [model_dir]
+    if not model_dir.is_dir():
+        return []
+    return sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def load_engines(settings: Settings) -> Engines:
+    """Load every bundle; blocking (checksums, weights), so call it from a thread."""
+    from models.bundle import load_bundle
+    from models.decoding import Regenerator
+    from models.errors import TaesarError
+
+    engines: dict[str, Engine] = {}
+    failures: list[LoadFailure] = []
+    folders = bundle_folders(settings.model_dir)
+    if not folders:
+        failures.append(LoadFailure("", "model_not_ready", f"no bundle folder under {settings.model_dir}"))
+    try:
+        device = resolve_device(settings.device)
+    except RuntimeError as exc:
+        failures += [LoadFailure(p.name, "model_not_ready", str(exc)) for p in folders]
+        folders = []
+    for path in folders:
+        started = time.perf_counter()
+        try:
+            b = load_bundle(path, device=device)
+            regenerator = Regenerator(
+                b.catalogue,
+                b.mixed,
+                b.experts,
+                device=device,
+                batch_size=settings.decode_batch_size,
+                memory_budget_mb=settings.memory_budget_mb,
+            )
+            warm_up(regenerator, b.catalogue)
+        except TaesarError as exc:
+            failures.append(LoadFailure(path.name, exc.code, exc.message))
+            log_event(log, "model_load_failed", level=30, model=path.name, code=exc.code, error=exc.message)
+            continue
+        except Exception as exc:  # a bug or an OOM in one bundle must not hide the others
+            failures.append(LoadFailure(path.name, "internal_error", f"{type(exc).__name__}: {exc}"))
+            log_event(log, "model_load_failed", level=40, model=path.name, code="internal_error", exc_info=exc)
+            continue
+        engines[path.name] = Engine(path.name, path, b.manifest, b.catalogue, regenerator, device)
+        log_event(log, "model_loaded", model=path.name, device=device, seconds=round(time.perf_counter() - started, 3))
+    return Engines(engines, failures, decode_threads=settings.decode_threads)
+
+
+def warm_up(regenerator: Any, catalogue: Any) -> None:
+    """Decode one two-item sequence, so that the first real request does not pay for
+    torch's lazy initialisation (hundreds of ms), and a bundle that cannot decode
+    fails at load time rather than on a caller's request."""
+    from models.decoding import regenerate_external
+
+    start_1 = catalogue.domain_range(1)[0]
+    sequence = [catalogue.external(0), catalogue.external(start_1)]  # a target item, then a source item
+    regenerate_external(regenerator, [sequence], catalogue.domains[0])
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """Echo at most `limit` characters of caller input in messages."""
+    return text if len(text) <= limit else text[:limit] + "…"

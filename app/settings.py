@@ -1,0 +1,48 @@
+"""Service settings: one pydantic-settings class, read from TAESAR_* environment variables
+(or a .env file) and validated at start-up."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TAESAR_", env_file=".env", extra="ignore")
+
+    model_dir: Path = Field(Path("models_store"), description="folder of bundle folders; folder name = model name")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = Field("taesar", description="prefix of every Redis key the service writes")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # comma-separated; empty disables authentication (local development only)
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    chunk_size: int = Field(500, ge=1, le=100_000, description="sequences per queued task")
+    visibility_timeout_s: int = Field(3600, ge=60)
+    job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    max_sequences_per_request: int = Field(1000, ge=1)
+    max_pending_sequences: int = Field(5_000_000, ge=1)
+    max_items_per_sequence: int = Field(10_000, ge=1)
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="for /jobs uploads; /regenerate uses 1/8")
+    decode_batch_size: int = Field(256, ge=1)
+    # threads decoding /regenerate requests at once; more than 1 only pays off with spare
+    # CPU cores beyond torch's own intra-op threads (or several GPUs)
+    decode_threads: int = Field(1, ge=1, le=64)
+    memory_budget_mb: int = Field(256, ge=16)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_level: str = "INFO"
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_csv(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

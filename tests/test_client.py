@@ -1,0 +1,733 @@
+"""The SDK: unit tests against httpx.MockTransport (error mapping, retries,
+idempotency, streaming uploads), then end to end against a real uvicorn server, Redis
+and a Celery worker, running the examples of docs/service.md as written."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import inspect
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import app.client as sdk
+from app._client_base import UPLOAD_CHUNK_BYTES, RetryPolicy
+from app._client_errors import ERROR_BY_CODE
+from app.client import AsyncTaesarClient, TaesarAPIError, TaesarClient
+from app.errors import STATUS_BY_CODE
+
+BASE = "http://taesar.test"
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def job_json(status: str = "queued", done: int = 0, total: int = 4, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": "j1",
+        "status": status,
+        "model": "tiny",
+        "target_domain": "drama",
+        "progress": {"done": done, "total": total},
+        "decisions": {"kept": done, "replaced": 0, "discarded": 0},
+        "created_at": "2026-01-01T00:00:00Z",
+        "links": {"self": "/jobs/j1", "results": "/jobs/j1/results"},
+        **extra,
+    }
+
+
+def regenerated_json(user: str = "u1") -> dict[str, Any]:
+    return {
+        "user_id": user,
+        "target_domain": "drama",
+        "sequence": ["a", "c"],
+        "decisions": [
+            {"position": 0, "item": "a", "domain": "drama", "action": "keep"},
+            {"position": 1, "item": "b", "domain": "comedy", "action": "replace", "replacement": "c"},
+        ],
+        "stats": {"kept": 1, "replaced": 1, "discarded": 0},
+    }
+
+
+def error(status: int, code: str, message: str = "nope", headers: dict[str, str] | None = None) -> httpx.Response:
+    body = {"error": {"code": code, "message": message, "details": {"why": code}}}
+    return httpx.Response(status, json=body, headers=headers)
+
+
+class Recorder:
+    """A MockTransport handler that replays scripted answers and records requests."""
+
+    def __init__(self, *answers: httpx.Response | Exception | Handler) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+        self.bodies: list[bytes] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if callable(answer) and not isinstance(answer, httpx.Response):
+            return answer(request)
+        self.bodies.append(request.read())
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def client_for(recorder: Recorder, **kwargs: Any) -> tuple[TaesarClient, list[float]]:
+    client = TaesarClient(BASE, transport=httpx.MockTransport(recorder), **kwargs)
+    sleeps: list[float] = []
+    client._sleep = sleeps.append
+    return client, sleeps
+
+
+# -- import surface -----------------------------------------------------------------
+
+
+def test_sdk_imports_neither_torch_nor_models_nor_the_server_stack() -> None:
+    code = (
+        "import sys, app.client\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'models', 'fastapi', 'starlette', 'celery', 'redis', 'numpy', 'pandas', 'workers')]\n"
+        "assert not heavy, heavy\n"
+        "from app.client import TaesarClient, AsyncTaesarClient\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_sync_and_async_clients_have_the_same_public_methods() -> None:
+    def public(cls: type) -> set[str]:
+        return {n for n, _ in inspect.getmembers(cls, callable) if not n.startswith("_")}
+
+    assert public(TaesarClient) - {"close"} == public(AsyncTaesarClient) - {"aclose"}
+    for name in public(TaesarClient) - {"close"}:
+        sync_params = inspect.signature(getattr(TaesarClient, name)).parameters
+        async_params = inspect.signature(getattr(AsyncTaesarClient, name)).parameters
+        assert list(sync_params) == list(async_params), name
+
+
+def test_clients_have_a_default_timeout() -> None:
+    with TaesarClient(BASE) as client:
+        assert client._http.timeout == httpx.Timeout(30)
+
+
+# -- errors -------------------------------------------------------------------------
+
+
+def test_every_server_error_code_has_its_own_exception_class() -> None:
+    for code, status in STATUS_BY_CODE.items():
+        cls = ERROR_BY_CODE[code]
+        assert cls.code == code and cls.status_code == status, code
+        assert issubclass(cls, TaesarAPIError)
+        assert cls.__name__ in sdk.__all__, f"{cls.__name__} is not exported"
+    assert len({ERROR_BY_CODE[c] for c in STATUS_BY_CODE}) == len(STATUS_BY_CODE)
+
+
+@pytest.mark.parametrize("code", sorted(STATUS_BY_CODE))
+def test_error_answer_raises_the_class_of_its_code(code: str) -> None:
+    client, _ = client_for(Recorder(error(STATUS_BY_CODE[code], code, "bad thing")), retries=0)
+    with pytest.raises(ERROR_BY_CODE[code]) as info:
+        client.get_job("j1")
+    assert info.value.code == code
+    assert info.value.status_code == STATUS_BY_CODE[code]
+    assert info.value.message == "bad thing"
+    assert info.value.details == {"why": code}
+
+
+def test_specific_codes_can_be_caught_by_their_status_family() -> None:
+    client, _ = client_for(Recorder(error(404, "unknown_model")), retries=0)
+    with pytest.raises(sdk.NotFoundError):
+        client.list_models()
+    client, _ = client_for(Recorder(error(429, "queue_full")), retries=0)
+    with pytest.raises(sdk.RateLimitedError):
+        client.submit_job("drama", [["a"]])
+
+
+def test_unknown_code_maps_to_its_status_family_and_keeps_its_name() -> None:
+    client, _ = client_for(Recorder(error(409, "brand_new_conflict")), retries=0)
+    with pytest.raises(sdk.ConflictError) as info:
+        client.get_job("j1")
+    assert type(info.value) is sdk.ConflictError
+    assert info.value.code == "brand_new_conflict"
+
+
+def test_unknown_status_without_error_body_maps_to_the_root() -> None:
+    client, _ = client_for(Recorder(httpx.Response(502, text="<html>Bad Gateway</html>")), retries=0)
+    with pytest.raises(TaesarAPIError) as info:
+        client.health()
+    assert type(info.value) is TaesarAPIError
+    assert info.value.status_code == 502 and "Bad Gateway" in info.value.message
+
+
+# -- retries ------------------------------------------------------------------------
+
+
+def test_429_is_retried_after_the_seconds_in_retry_after() -> None:
+    recorder = Recorder(error(429, "rate_limited", headers={"Retry-After": "2"}), httpx.Response(200, json=job_json()))
+    client, sleeps = client_for(recorder)
+    assert client.get_job("j1").id == "j1"
+    assert sleeps == [2.0] and len(recorder.requests) == 2
+
+
+def test_retry_after_as_an_http_date_is_honoured() -> None:
+    when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    recorder = Recorder(
+        error(503, "model_not_ready", headers={"Retry-After": when}), httpx.Response(200, json=job_json())
+    )
+    client, sleeps = client_for(recorder)
+    client.get_job("j1")
+    assert 25 <= sleeps[0] <= 30
+
+
+def test_503_backs_off_exponentially_with_jitter_then_gives_up_with_the_typed_error() -> None:
+    recorder = Recorder(error(503, "redis_unavailable"))
+    client, sleeps = client_for(recorder, retries=3, backoff=0.5)
+    with pytest.raises(sdk.RedisUnavailableError):
+        client.get_job("j1")
+    assert len(recorder.requests) == 4
+    for attempt, delay in enumerate(sleeps):
+        step = 0.5 * 2**attempt
+        assert step / 2 <= delay <= step
+
+
+def test_jitter_spreads_clients_apart() -> None:
+    delays = {RetryPolicy(backoff=1.0).delay(3) for _ in range(20)}
+    assert len(delays) > 1
+
+
+@pytest.mark.parametrize(("status", "code"), [(422, "unknown_item"), (500, "internal_error"), (409, "conflict")])
+def test_deterministic_errors_are_not_retried(status: int, code: str) -> None:
+    recorder = Recorder(error(status, code))
+    client, sleeps = client_for(recorder)
+    with pytest.raises(ERROR_BY_CODE[code]):
+        client.get_job("j1")
+    assert len(recorder.requests) == 1 and sleeps == []
+
+
+def test_connection_errors_are_retried_then_raised_as_api_connection_error() -> None:
+    recorder = Recorder(httpx.ConnectError("refused"))
+    client, sleeps = client_for(recorder, retries=2)
+    with pytest.raises(sdk.APIConnectionError) as info:
+        client.list_models()
+    assert isinstance(info.value.__cause__, httpx.ConnectError)
+    assert len(recorder.requests) == 3 and len(sleeps) == 2
+
+
+def test_timeouts_raise_api_timeout_error() -> None:
+    client, _ = client_for(Recorder(httpx.ReadTimeout("slow")), retries=0)
+    with pytest.raises(sdk.APITimeoutError):
+        client.health()
+
+
+def test_a_connection_error_is_recovered_from_transparently() -> None:
+    recorder = Recorder(httpx.ConnectError("refused"), httpx.Response(200, json={"status": "ok"}))
+    client, _ = client_for(recorder)
+    assert client.health().status == "ok"
+
+
+# -- idempotency --------------------------------------------------------------------
+
+
+def test_submit_job_reuses_one_generated_idempotency_key_across_retries() -> None:
+    recorder = Recorder(
+        error(503, "redis_unavailable"), httpx.ConnectError("reset"), httpx.Response(202, json=job_json())
+    )
+    client, _ = client_for(recorder)
+    assert client.submit_job("drama", [["a", "b"]]).id == "j1"
+    keys = {r.headers["Idempotency-Key"] for r in recorder.requests}
+    assert len(recorder.requests) == 3 and len(keys) == 1 and next(iter(keys))
+
+
+def test_each_submission_gets_a_fresh_idempotency_key() -> None:
+    recorder = Recorder(httpx.Response(202, json=job_json()))
+    client, _ = client_for(recorder)
+    client.submit_job("drama", [["a"]])
+    client.submit_job("drama", [["a"]])
+    assert recorder.requests[0].headers["Idempotency-Key"] != recorder.requests[1].headers["Idempotency-Key"]
+
+
+def test_a_given_idempotency_key_is_sent_as_is() -> None:
+    recorder = Recorder(httpx.Response(202, json=job_json()))
+    client, _ = client_for(recorder)
+    client.submit_job("drama", [["a"]], idempotency_key="batch-2026-01-01")
+    assert recorder.requests[0].headers["Idempotency-Key"] == "batch-2026-01-01"
+
+
+# -- request shapes -----------------------------------------------------------------
+
+
+def test_regenerate_sends_the_documented_body_and_parses_the_answer() -> None:
+    answer = {
+        "model": "tiny",
+        "target_domain": "drama",
+        "results": [regenerated_json()],
+        "stats": {"kept": 1, "replaced": 1, "discarded": 0},
+    }
+    recorder = Recorder(httpx.Response(200, json=answer))
+    client, _ = client_for(recorder, api_key="s3cret")
+    out = client.regenerate(
+        "drama",
+        [["a", "b"], {"user_id": "u9", "items": ["c"]}, sdk.SequenceIn(items=["d"])],
+        model="tiny",
+        explain=True,
+        explain_top_k=2,
+        unknown_items="drop",
+        ablations=["no_global"],
+    )
+    assert out.results[0].decisions[1].replacement == "c"
+    request = recorder.requests[0]
+    assert request.url.path == "/regenerate"
+    assert request.headers["Authorization"] == "Bearer s3cret"
+    assert json.loads(recorder.bodies[0]) == {
+        "model": "tiny",
+        "target_domain": "drama",
+        "sequences": [{"items": ["a", "b"]}, {"user_id": "u9", "items": ["c"]}, {"items": ["d"]}],
+        "options": {"explain": True, "explain_top_k": 2, "unknown_items": "drop", "ablations": {"no_global": True}},
+    }
+
+
+def test_no_authorization_header_without_an_api_key() -> None:
+    recorder = Recorder(httpx.Response(200, json={"status": "ok"}))
+    client, _ = client_for(recorder)
+    client.health()
+    assert "Authorization" not in recorder.requests[0].headers
+
+
+def test_a_bad_option_fails_before_anything_is_sent() -> None:
+    recorder = Recorder(httpx.Response(200, json={}))
+    client, _ = client_for(recorder)
+    with pytest.raises(ValueError):
+        client.regenerate("drama", [["a"]], ablations=["no_such_ablation"])
+    assert recorder.requests == []
+
+
+def test_submit_job_with_a_list_sends_one_json_body() -> None:
+    recorder = Recorder(httpx.Response(202, json=job_json()))
+    client, _ = client_for(recorder)
+    job = client.submit_job("drama", [["a", "b"]], model="tiny")
+    assert job.status == sdk.JobStatus.queued
+    assert recorder.requests[0].headers["Content-Type"] == "application/json"
+    assert json.loads(recorder.bodies[0])["sequences"] == [{"items": ["a", "b"]}]
+
+
+# -- streaming uploads --------------------------------------------------------------
+
+
+class LazyTransport(httpx.BaseTransport):
+    """Like MockTransport, but hands the handler the body unread (MockTransport reads it first)."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.handler(request)
+
+
+def many_sequences(n: int, consumed: list[int]) -> Iterator[dict[str, Any]]:
+    for i in range(n):
+        consumed[0] = i + 1
+        yield {"user_id": f"u{i}", "items": [f"i{i}", f"i{i + 1}", "x" * 20]}
+
+
+def test_an_iterator_is_streamed_as_gzip_ndjson_without_being_held_in_memory() -> None:
+    n, consumed, seen_when_first_chunk = 30_000, [0], []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        chunks = []
+        for chunk in request.stream:  # type: ignore[union-attr]
+            if not chunks:
+                seen_when_first_chunk.append(consumed[0])
+            chunks.append(chunk)
+        lines = gzip.decompress(b"".join(chunks)).splitlines()
+        assert len(lines) == n and json.loads(lines[-1])["user_id"] == f"u{n - 1}"
+        return httpx.Response(202, json=job_json(total=n))
+
+    recorder = Recorder(handler)
+    client = TaesarClient(BASE, transport=LazyTransport(recorder))
+    assert client.submit_job("drama", many_sequences(n, consumed), model="tiny").progress.total == n
+    request = recorder.requests[0]
+    assert request.headers["Content-Type"] == "application/x-ndjson"
+    assert request.headers["Content-Encoding"] == "gzip"
+    assert "content-length" not in request.headers  # chunked: the size is never known up front
+    assert request.url.params["target_domain"] == "drama" and request.url.params["model"] == "tiny"
+    assert seen_when_first_chunk[0] < n  # the first chunk left before the iterator was drained
+
+
+def test_a_jsonl_file_is_compressed_on_the_fly(tmp_path: Path) -> None:
+    path = tmp_path / "users.jsonl"
+    text = "".join(json.dumps({"user_id": f"u{i}", "items": [str(i)]}) + "\n" for i in range(50_000))
+    path.write_text(text)
+    recorder = Recorder(httpx.Response(202, json=job_json()))
+    client, _ = client_for(recorder)
+    client.submit_job("drama", path)
+    assert gzip.decompress(recorder.bodies[0]).decode() == text
+    assert len(recorder.bodies[0]) < path.stat().st_size  # really compressed
+
+
+def test_a_gzip_file_is_uploaded_byte_for_byte(tmp_path: Path) -> None:
+    path = tmp_path / "users.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"items": ["a"]}\n' * (UPLOAD_CHUNK_BYTES // 8)))
+    recorder = Recorder(httpx.Response(202, json=job_json()))
+    client, _ = client_for(recorder)
+    client.submit_job("drama", str(path))
+    assert recorder.bodies[0] == path.read_bytes()
+
+
+def test_a_file_upload_is_replayed_in_full_on_retry(tmp_path: Path) -> None:
+    path = tmp_path / "users.jsonl"
+    path.write_text('{"items": ["a"]}\n{"items": ["b"]}\n')
+    recorder = Recorder(error(503, "redis_unavailable"), httpx.Response(202, json=job_json()))
+    client, _ = client_for(recorder)
+    client.submit_job("drama", path)
+    assert len(recorder.bodies) == 2
+    assert gzip.decompress(recorder.bodies[0]) == gzip.decompress(recorder.bodies[1]) == path.read_bytes()
+
+
+def test_a_consumed_iterator_is_not_retried_because_it_cannot_be_replayed() -> None:
+    recorder = Recorder(error(429, "queue_full", headers={"Retry-After": "7"}), httpx.Response(202, json=job_json()))
+    client, _ = client_for(recorder)
+    with pytest.raises(sdk.QueueFullError) as info:
+        client.submit_job("drama", iter([["a"], ["b"]]))
+    assert len(recorder.requests) == 1
+    assert info.value.retry_after == 7.0  # the caller can wait and resubmit from its source
+
+
+def test_a_missing_file_fails_before_anything_is_sent(tmp_path: Path) -> None:
+    recorder = Recorder(httpx.Response(202, json=job_json()))
+    client, _ = client_for(recorder)
+    with pytest.raises(FileNotFoundError):
+        client.submit_job("drama", tmp_path / "nope.jsonl")
+    assert recorder.requests == []
+
+
+# -- jobs: waiting, results, cancel -------------------------------------------------
+
+
+def test_wait_for_job_reports_progress_until_it_succeeds() -> None:
+    recorder = Recorder(
+        httpx.Response(200, json=job_json("queued", 0)),
+        httpx.Response(200, json=job_json("running", 2)),
+        httpx.Response(200, json=job_json("succeeded", 4)),
+    )
+    client, sleeps = client_for(recorder)
+    seen: list[tuple[str, int]] = []
+    job = client.wait_for_job(
+        "j1", poll_interval=0.25, on_progress=lambda j: seen.append((j.status.value, j.progress.done))
+    )
+    assert job.status == sdk.JobStatus.succeeded
+    assert seen == [("queued", 0), ("running", 2), ("succeeded", 4)]
+    assert sleeps == [0.25, 0.25]
+
+
+def test_wait_for_job_raises_job_failed_error_with_the_job() -> None:
+    failed = job_json("failed", error={"code": "bad_data", "message": "chunk 3: unknown item 'zz'", "details": {}})
+    client, _ = client_for(Recorder(httpx.Response(200, json=failed)))
+    with pytest.raises(sdk.JobFailedError) as info:
+        client.wait_for_job("j1")
+    assert info.value.job.status == sdk.JobStatus.failed
+    assert info.value.code == "bad_data" and "unknown item" in info.value.message
+
+
+def test_wait_for_job_raises_job_cancelled_error() -> None:
+    client, _ = client_for(Recorder(httpx.Response(200, json=job_json("cancelled"))))
+    with pytest.raises(sdk.JobCancelledError):
+        client.wait_for_job("j1")
+
+
+def test_wait_for_job_gives_up_after_its_timeout() -> None:
+    client, _ = client_for(Recorder(httpx.Response(200, json=job_json("running"))))
+    with pytest.raises(sdk.JobTimeoutError):
+        client.wait_for_job("j1", poll_interval=10, timeout=5)
+
+
+def test_iter_results_yields_typed_sequences_line_by_line() -> None:
+    lines = [json.dumps(regenerated_json(f"u{i}")) for i in range(3)]
+    body = ("\n".join(lines) + "\n").encode()
+    recorder = Recorder(httpx.Response(200, content=body, headers={"Content-Type": "application/x-ndjson"}))
+    client, _ = client_for(recorder)
+    results = list(client.iter_results("j1"))
+    assert [r.user_id for r in results] == ["u0", "u1", "u2"]
+    assert recorder.requests[0].url.path == "/jobs/j1/results"
+    assert recorder.requests[0].url.params["format"] == "jsonl"
+
+
+def test_iter_results_in_recbole_format_yields_raw_lines() -> None:
+    body = b"user_id:token\titem_id_list:token_seq\titem_id:token\nu1\ta\tc\n"
+    client, _ = client_for(Recorder(httpx.Response(200, content=body)))
+    assert list(client.iter_results("j1", format="recbole")) == [
+        "user_id:token\titem_id_list:token_seq\titem_id:token",
+        "u1\ta\tc",
+    ]
+
+
+def test_iter_results_of_an_unfinished_job_raises_job_not_finished() -> None:
+    client, _ = client_for(Recorder(error(409, "job_not_finished")))
+    with pytest.raises(sdk.JobNotFinishedError):
+        list(client.iter_results("j1"))
+
+
+def test_cancel_job_sends_delete_and_returns_the_job() -> None:
+    recorder = Recorder(httpx.Response(200, json=job_json("cancelled")))
+    client, _ = client_for(recorder)
+    assert client.cancel_job("j/1").status == sdk.JobStatus.cancelled
+    assert recorder.requests[0].method == "DELETE"
+    assert recorder.requests[0].url.raw_path == b"/jobs/j%2F1"
+
+
+def test_ready_returns_not_ready_instead_of_raising() -> None:
+    readiness = {"status": "not_ready", "models": ["tiny"], "redis": False, "errors": []}
+    body = {"error": {"code": "redis_unavailable", "message": "Redis does not answer", "details": readiness}}
+    recorder = Recorder(httpx.Response(503, json=body, headers={"Retry-After": "5"}))
+    client, _ = client_for(recorder)
+    ready = client.ready()
+    assert ready.status == "not_ready" and ready.models == ["tiny"] and not ready.redis
+    assert len(recorder.requests) == 1  # a probe answers now; it does not retry
+
+
+def test_ready_raises_other_503s() -> None:
+    client, _ = client_for(Recorder(httpx.Response(503, text="upstream down")))
+    with pytest.raises(sdk.ServiceUnavailableError):
+        client.ready()
+
+
+# -- async --------------------------------------------------------------------------
+
+
+def async_client_for(handler: Any, **kwargs: Any) -> tuple[AsyncTaesarClient, list[float]]:
+    client = AsyncTaesarClient(BASE, transport=httpx.MockTransport(handler), **kwargs)
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    client._sleep = sleep
+    return client, sleeps
+
+
+def test_async_client_retries_and_maps_errors_like_the_sync_one() -> None:
+    recorder = Recorder(error(429, "queue_full", headers={"Retry-After": "1"}), error(422, "unknown_domain"))
+
+    async def main() -> None:
+        client, sleeps = async_client_for(recorder)
+        async with client:
+            with pytest.raises(sdk.UnknownDomainError):
+                await client.regenerate("Toys", [["a"]])
+        assert sleeps == [1.0]
+
+    asyncio.run(main())
+
+
+def test_async_client_streams_an_async_iterator_and_iterates_results() -> None:
+    uploaded: list[bytes] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            uploaded.append(await request.aread())
+            return httpx.Response(202, json=job_json())
+        if request.url.path.endswith("/results"):
+            return httpx.Response(200, content=(json.dumps(regenerated_json()) + "\n").encode())
+        return httpx.Response(200, json=job_json("succeeded", 4))
+
+    async def sequences() -> Any:
+        for i in range(3):
+            yield [f"i{i}"]
+
+    async def main() -> None:
+        client, _ = async_client_for(handler)
+        async with client:
+            job = await client.submit_job("drama", sequences())
+            progress: list[int] = []
+            await client.wait_for_job(job.id, on_progress=lambda j: progress.append(j.progress.done))
+            results = [r async for r in client.iter_results(job.id)]
+        assert progress == [4] and results[0].sequence == ["a", "c"]
+
+    asyncio.run(main())
+    assert gzip.decompress(uploaded[0]).splitlines() == [b'{"items":["i0"]}', b'{"items":["i1"]}', b'{"items":["i2"]}']
+
+
+def test_a_submission_still_in_progress_under_the_same_key_is_waited_for() -> None:
+    in_progress = error(409, "conflict", headers={"Retry-After": "1"})
+    recorder = Recorder(in_progress, httpx.Response(200, json=job_json(), headers={"Idempotent-Replayed": "true"}))
+    client, sleeps = client_for(recorder)
+    assert client.submit_job("drama", [["a"]]).id == "j1"
+    assert sleeps == [1.0]
+
+
+def test_a_409_without_an_idempotency_key_is_not_retried() -> None:
+    recorder = Recorder(error(409, "job_not_finished", headers={"Retry-After": "5"}))
+    client, sleeps = client_for(recorder)
+    with pytest.raises(sdk.JobNotFinishedError):
+        list(client.iter_results("j1"))
+    assert sleeps == []
+
+
+# -- end to end: real server, real Redis, real worker -------------------------------
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+API_KEY = "sdk-e2e-key"
+SERVICE_DOC = Path(__file__).resolve().parents[1] / "docs" / "service.md"
+
+
+def documented_examples() -> list[str]:
+    """The ```python blocks of docs/service.md: [online example, bulk example]."""
+    import re
+
+    blocks = re.findall(r"^```python\n(.*?)^```", SERVICE_DOC.read_text(), flags=re.S | re.M)
+    assert len(blocks) == 2, f"docs/service.md should hold 2 python examples, found {len(blocks)}"
+    return blocks
+
+
+def redis_answers() -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+class LiveApi:
+    def __init__(self, url: str, env: dict[str, str], target: str, items: list[str]) -> None:
+        self.url, self.env, self.target, self.items = url, env, target, items
+        self.queue = f"{env['TAESAR_KEY_PREFIX']}.chunks"
+
+
+@pytest.fixture(scope="module")
+def live_api(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
+    import shutil
+    import uuid
+
+    from app.main import create_app
+    from app.settings import Settings
+    from tests.live_server import live_server
+
+    model_dir = tmp_path_factory.mktemp("sdk-e2e") / "models"
+    shutil.copytree(tiny_bundle, model_dir / "tiny")
+    prefix = f"test-sdk-{uuid.uuid4().hex[:8]}"
+    env = {
+        "TAESAR_MODEL_DIR": str(model_dir),
+        "TAESAR_REDIS_URL": REDIS_URL,
+        "TAESAR_KEY_PREFIX": prefix,
+        "TAESAR_DEVICE": "cpu",
+        "TAESAR_API_KEYS": API_KEY,
+        "TAESAR_CHUNK_SIZE": "200",
+        "TAESAR_LOG_LEVEL": "WARNING",
+    }
+    settings = Settings(_env_file=None, **{k.removeprefix("TAESAR_").lower(): v for k, v in env.items()})
+    catalogue = json.loads((tiny_bundle / "manifest.json").read_text())["catalogue"]
+    domains, ids, offsets = catalogue["domains"], catalogue["item_ids"], catalogue["offsets"]
+    # two items of every domain, interleaved, so keep, replace and discard all get a chance
+    items = [ids[offsets[k] + j] for j in (0, 1) for k in range(len(domains))]
+    try:
+        with live_server(create_app(settings)) as url:
+            yield LiveApi(url, env, target=domains[1], items=items)
+    finally:
+        if redis_answers():
+            import redis
+
+            r = redis.Redis.from_url(REDIS_URL)
+            for key in r.scan_iter(f"{prefix}*", count=1000):
+                r.delete(key)
+
+
+@pytest.fixture(scope="module")
+def worker(live_api: LiveApi) -> Iterator[Any]:
+    if not redis_answers():
+        pytest.skip(f"no Redis answers at {REDIS_URL}: jobs need one (.ci/run starts it)")
+    from tests.live_server import celery_worker
+
+    with celery_worker(live_api.env, live_api.queue) as proc:
+        yield proc
+
+
+@pytest.fixture
+def docs_env(live_api: LiveApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TAESAR_URL", live_api.url)
+    monkeypatch.setenv("TAESAR_API_KEY", API_KEY)
+    monkeypatch.setenv("TAESAR_TARGET", live_api.target)
+    monkeypatch.setenv("TAESAR_ITEMS", " ".join(live_api.items))
+
+
+@pytest.mark.slow
+def test_documented_online_example_runs_as_written(docs_env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    exec(compile(documented_examples()[0], str(SERVICE_DOC), "exec"), {"__name__": "__docs__"})
+    out = capsys.readouterr().out
+    assert "tiny [" in out and "regenerated:" in out
+    assert "refused: unknown_item" in out
+
+
+@pytest.mark.slow
+def test_documented_bulk_example_runs_through_redis_and_a_worker(
+    docs_env: None, worker: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exec(compile(documented_examples()[1], str(SERVICE_DOC), "exec"), {"__name__": "__docs__"})
+    out = capsys.readouterr().out
+    assert "done: 1000 sequences" in out and "kept items:" in out
+    assert worker.poll() is None, "the worker died"
+
+
+@pytest.mark.slow
+def test_sdk_against_a_real_server_returns_typed_results_and_typed_errors(live_api: LiveApi) -> None:
+    with TaesarClient(live_api.url, api_key=API_KEY) as client:
+        assert client.health().status == "ok"
+        assert client.ready().models == ["tiny"]
+        assert [m.name for m in client.list_models()] == ["tiny"]
+        out = client.regenerate(live_api.target, [live_api.items, {"user_id": "u7", "items": live_api.items}])
+        assert isinstance(out, sdk.RegenerateResponse) and out.model == "tiny"
+        assert [len(r.decisions) for r in out.results] == [len(live_api.items)] * 2
+        assert out.results[1].user_id == "u7"
+        with pytest.raises(sdk.UnknownDomainError):
+            client.regenerate("no such domain", [live_api.items])
+        with pytest.raises(sdk.UnknownModelError):
+            client.regenerate(live_api.target, [live_api.items], model="nope")
+        with pytest.raises(sdk.JobNotFoundError):
+            client.get_job("no-such-job")
+    with TaesarClient(live_api.url, api_key="wrong") as client, pytest.raises(sdk.UnauthorizedError):
+        client.list_models()
+
+
+@pytest.mark.slow
+def test_async_sdk_against_a_real_server(live_api: LiveApi) -> None:
+    async def main() -> sdk.RegenerateResponse:
+        async with AsyncTaesarClient(live_api.url, api_key=API_KEY) as client:
+            assert [m.name for m in await client.list_models()] == ["tiny"]
+            return await client.regenerate(live_api.target, [live_api.items], explain=True)
+
+    out = asyncio.run(main())
+    # the first item has no context to score it; later ones carry their candidates
+    assert any(d.explain is not None for d in out.results[0].decisions)
+
+
+@pytest.mark.slow
+def test_a_gzip_file_job_is_deduplicated_and_its_results_stream_back_in_order(
+    live_api: LiveApi, worker: Any, tmp_path: Path
+) -> None:
+    n = 450  # three chunks of 200, the last one short
+    path = tmp_path / "users.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        for i in range(n):
+            f.write(json.dumps({"user_id": f"u{i:04d}", "items": live_api.items[i % 4 :]}) + "\n")
+    with TaesarClient(live_api.url, api_key=API_KEY) as client:
+        job = client.submit_job(live_api.target, path, idempotency_key=f"file-{path.stat().st_mtime_ns}")
+        again = client.submit_job(live_api.target, path, idempotency_key=f"file-{path.stat().st_mtime_ns}")
+        assert again.id == job.id and job.progress.total == n
+        seen: list[int] = []
+        done = client.wait_for_job(
+            job.id, poll_interval=0.2, timeout=180, on_progress=lambda j: seen.append(j.progress.done)
+        )
+        assert done.status == sdk.JobStatus.succeeded and seen[-1] == n
+        assert seen == sorted(seen)
+        results = list(client.iter_results(job.id))
+        assert [r.user_id for r in results] == [f"u{i:04d}" for i in range(n)]
+        assert sum(r.stats.kept + r.stats.replaced + r.stats.discarded for r in results) == sum(
+            len(live_api.items[i % 4 :]) for i in range(n)
+        )
+        recbole = list(client.iter_results(job.id, format="recbole"))
+        assert recbole[0] == "user_id:token\titem_id_list:token_seq\titem_id:token"
+        assert client.cancel_job(job.id).status == sdk.JobStatus.succeeded

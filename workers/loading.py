@@ -1,0 +1,172 @@
+"""The engine of a worker process: loaded once per process, lazily, never before a fork.
+
+With `--pool solo` (one process per GPU) the engines load on `worker_ready`, in the
+process that runs the tasks. With the prefork pool they load in each child on
+`worker_process_init`, after the fork, because a CUDA context does not survive one.
+Either way the first task loads them if the signal did not (e.g. a task called
+directly in a test). Model discovery, device choice and the Regenerator settings
+are the API's (`app.engines.load_engines`), so a worker decodes exactly as
+/regenerate does.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery.signals import worker_init, worker_process_init, worker_ready
+
+from app.engines import Engine, Engines, load_engines
+from app.jobstore import ChunkInput, ChunkStore
+from app.logging import configure_logging, get_logger, log_event
+from app.settings import Settings, get_settings
+
+log = get_logger("worker")
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    store: ChunkStore
+    engines: Engines | None = None
+
+    def load(self) -> Engines:
+        """Every bundle under settings.model_dir, loaded on the first call only."""
+        if self.engines is None:
+            self.engines = load_engines(self.settings)
+            log_event(log, "worker_models_loaded", models=self.engines.names, failures=len(self.engines.failures))
+        return self.engines
+
+    def engine(self, model: str) -> Engine:
+        """The engine for `model`; ApiError (unknown_model / model_not_ready) if it has none."""
+        return self.load().get(model)
+
+
+_context: WorkerContext | None = None
+_lock = threading.Lock()
+
+
+def context() -> WorkerContext:
+    """This process's context, created on first use from the environment's settings."""
+    global _context
+    with _lock:
+        if _context is None:
+            _context = make_context(get_settings())
+        return _context
+
+
+def make_context(settings: Settings) -> WorkerContext:
+    # the worker is blocking code: plain redis-py, with timeouts so a dead Redis fails a
+    # call (and the task retries) rather than hanging the worker
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
+    return WorkerContext(settings, ChunkStore(client, settings.key_prefix, settings.job_ttl_s))
+
+
+def use_context(ctx: WorkerContext | None) -> None:
+    """Install a context (tests that run tasks in-process), or None to reset."""
+    global _context
+    with _lock:
+        _context = ctx
+
+
+def warm_up() -> None:
+    context().load()
+
+
+@worker_init.connect
+def _json_logs(**_: Any) -> None:
+    # our events as one JSON object per line, like the API's; Celery keeps its own format
+    configure_logging(get_settings().log_level)
+
+
+@worker_process_init.connect
+def _load_in_child(**_: Any) -> None:
+    warm_up()  # prefork: this runs in the child, after the fork
+
+
+@worker_ready.connect
+def _load_in_solo(sender: Any = None, **_: Any) -> None:
+    pool = getattr(getattr(sender, "pool", None), "__module__", "")
+    if pool.endswith(("solo", "threads")):  # no fork will follow: load now, not on the first task
+        warm_up()
+
+
+# -- decoding one chunk ------------------------------------------------------------------
+
+
+class JobStopped(Exception):
+    """The job was cancelled (or failed elsewhere) while this chunk was decoding."""
+
+
+@dataclass
+class ChunkOutput:
+    jsonl: bytes
+    recbole: bytes
+    stats: dict[str, int]
+
+
+def decode_chunk(
+    engine: Engine,
+    chunk: ChunkInput,
+    target: str,
+    options: dict[str, Any],
+    *,
+    with_recbole_header: bool,
+    should_stop: Callable[[], bool],
+) -> ChunkOutput:
+    """Decode one chunk into its NDJSON and RecBole bytes, with the line writers of
+    `taesar regenerate` (models.output). `should_stop` is asked between decode batches."""
+    from app.routes.regenerate import decode_options
+    from app.schemas import RegenerateOptions
+    from models.decoding import regenerate_external
+    from models.errors import UnknownItemError
+
+    opts = RegenerateOptions.model_validate(options)
+    if opts.unknown_items == "error":
+        get = engine.catalogue.get
+        hit = next(((s, p, i) for s, seq in enumerate(chunk.items) for p, i in enumerate(seq) if get(i) is None), None)
+        if hit is not None:
+            # named with the sequence's index in the whole job, not in this chunk
+            s, p, item = hit
+            n = chunk.first + s
+            raise UnknownItemError(
+                f"sequence {n}, position {p}: item {item[:100]!r} is not in model {engine.name!r}'s catalogue",
+                {"sequence": n, "position": p, "item": item[:100]},
+            )
+
+    def progress(_: int) -> None:
+        if should_stop():
+            raise JobStopped
+
+    results = regenerate_external(
+        engine.regenerator,
+        chunk.items,
+        target,
+        unknown_items=opts.unknown_items,
+        options=decode_options(opts),
+        on_progress=progress,
+    )
+    return _encode(engine, chunk, target, results, with_recbole_header)
+
+
+def _encode(engine: Engine, chunk: ChunkInput, target: str, results: list[Any], header: bool) -> ChunkOutput:
+    from models.output import JsonlWriter, RecboleWriter, to_output_line
+
+    jsonl, recbole = io.StringIO(), io.StringIO()
+    stats = {"kept": 0, "replaced": 0, "discarded": 0}
+    with JsonlWriter(jsonl) as lines, RecboleWriter(recbole) as rows:
+        for k, (user, result) in enumerate(zip(chunk.users, results, strict=True)):
+            record = to_output_line(result, engine.catalogue, target, user)
+            lines.write(record)
+            # RecBole needs a user token: a sequence without user_id gets its number in the job (from 1)
+            rows.write(user if user is not None else str(chunk.first + k + 1), record["sequence"])
+            for key in stats:
+                stats[key] += result.stats[key]
+    text = recbole.getvalue()
+    if not header:  # the writer always starts with the header; only chunk 0 keeps it
+        text = text.split("\n", 1)[1]
+    return ChunkOutput(jsonl.getvalue().encode(), text.encode(), stats)
