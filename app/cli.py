@@ -26,6 +26,26 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Import interaction logs into prepared datasets.")
 app.add_typer(data_app, name="data")
 
+
+@app.callback()
+def _global_options(
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            envvar="TAESAR_TORCH_THREADS",
+            help="torch CPU threads (default: torch's choice; use 1 when other processes share the cores)",
+        ),
+    ] = None,
+) -> None:
+    if threads is not None:
+        if threads < 1:
+            err.print("[bold red]error:[/] --threads must be at least 1")
+            raise typer.Exit(2)
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 out = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,7 +69,14 @@ def user_errors(fn: F) -> F:
 
 @contextmanager
 def progress_bars() -> Iterator[Callable[[str, int, int, dict], None]]:
-    """A callback (phase, done, total, info) that drives one rich bar per phase."""
+    """A callback (phase, done, total, info) that drives one rich bar per phase.
+
+    Without a terminal (CI logs, `| tee`) rich would only draw the final state, so
+    progress becomes plain lines instead: one per phase step, at most every 5 s.
+    """
+    if not err.is_terminal:
+        yield _line_progress()
+        return
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -64,10 +91,27 @@ def progress_bars() -> Iterator[Callable[[str, int, int, dict], None]]:
         def update(phase: str, done: int, total: int, info: dict | None = None) -> None:
             if phase not in tasks:
                 tasks[phase] = bars.add_task(phase, total=total, info="")
-            text = "  ".join(f"{k}={_fmt(v)}" for k, v in (info or {}).items())
-            bars.update(tasks[phase], completed=done, total=total, info=text)
+            bars.update(tasks[phase], completed=done, total=total, info=_info(info))
 
         yield update
+
+
+def _line_progress() -> Callable[[str, int, int, dict], None]:
+    started = time.perf_counter()
+    last: dict[str, float] = {}
+
+    def update(phase: str, done: int, total: int, info: dict | None = None) -> None:
+        now = time.perf_counter()
+        if done < total and now - last.get(phase, -1e9) < 5.0:
+            return
+        last[phase] = now
+        err.print(f"[{now - started:7.1f}s] {phase} {done}/{total} {_info(info)}", highlight=False)
+
+    return update
+
+
+def _info(info: dict | None) -> str:
+    return "  ".join(f"{k}={_fmt(v)}" for k, v in (info or {}).items())
 
 
 def _fmt(v: Any) -> str:

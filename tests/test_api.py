@@ -26,16 +26,6 @@ from tests.api_support import api_client, closed_port_url, model_dir_with, setti
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def catalogue(tiny_bundle: Path) -> dict[str, Any]:
-    return json.loads((tiny_bundle / "manifest.json").read_text())["catalogue"]
-
-
 @pytest.fixture(scope="module")
 def sequences(catalogue: dict[str, Any]) -> list[list[str]]:
     """Mixed sequences over every domain, some longer than the bundle's max_len of 16."""

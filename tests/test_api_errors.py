@@ -30,16 +30,6 @@ MAX_BODY = 64 * 1024  # /regenerate gets 1/8 of it: 8 KiB
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def catalogue(tiny_bundle: Path) -> dict[str, Any]:
-    return json.loads((tiny_bundle / "manifest.json").read_text())["catalogue"]
-
-
-@pytest.fixture
 async def client(tiny_bundle: Path, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     settings = settings_for(
         model_dir_with(tiny_bundle, tmp_path),

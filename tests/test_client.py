@@ -731,3 +731,8 @@ def test_a_gzip_file_job_is_deduplicated_and_its_results_stream_back_in_order(
         recbole = list(client.iter_results(job.id, format="recbole"))
         assert recbole[0] == "user_id:token\titem_id_list:token_seq\titem_id:token"
         assert client.cancel_job(job.id).status == sdk.JobStatus.succeeded
+
+
+def test_the_readme_carries_the_executed_sdk_example_verbatim() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"```python\n{documented_examples()[0]}```" in readme

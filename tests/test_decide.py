@@ -15,15 +15,6 @@ from models.decoding import DecodeOptions, decide, decide_explained
 EPS = 1e-10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny tensors: intra-op threads only add OpenMP wake-ups on a busy machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- a plain restatement, one row at a time, written from METHOD.md only ---------------
 
 

@@ -64,16 +64,6 @@ def decision_view(results: Sequence[Regenerated]) -> list:
     return [[(d.position, d.item, d.action, d.replacement, d.reason) for d in r.decisions] for r in results]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # these models are tiny: intra-op threads only add OpenMP wake-ups, which cost
-    # seconds on a busy 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def world() -> World:
     return make_world([7, 9, 5, 6])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -24,16 +22,6 @@ from models.pretrain import (
 from models.sasrec import SASRec, SASRecConfig
 
 DOMAINS = ("Böcher", "home & garden", "x")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and on a busy machine the
-    thread hand-offs of ~1000 tiny ops cost 10x the arithmetic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _tiny_dataset(n_users: int = 24, seed: int = 0) -> Dataset:

@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import torch
 import torch.nn.functional as F
 
 from models.sasrec import PAD, SASRec, SASRecConfig
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and on a busy machine the
-    thread hand-offs of ~1000 tiny ops cost 10x the arithmetic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 TINY = SASRecConfig(n_items=30, max_len=12, hidden=16, n_layers=1, n_heads=2, inner=16, dropout=0.2)
 

@@ -1,0 +1,145 @@
+"""The `taesar` CLI end to end on a generated 3-domain log with unusual domain names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import app
+from models.bundle import read_manifest
+from models.data import load_dataset, train_part
+from tests.synthetic import make_log
+
+DOMAINS = ["Bücher & Co", "electronics", "z"]
+runner = CliRunner()
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    log = root / "log.tsv"
+    make_log(DOMAINS, n_users=40, seed=3).rename(columns={"user_id": "uid"}).to_csv(log, sep="\t", index=False)
+    code, output = invoke("data", "import", "--interactions", log, "--out", root / "data", "--user-col", "uid")
+    assert code == 0, output
+    code, output = invoke(
+        "pretrain", "--data", root / "data", "--out", root / "bundle", "--epochs", 2, "--adapt-epochs", 1, "--seed", 1
+    )
+    assert code == 0, output
+    return root / "data", root / "bundle"
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("target", DOMAINS)
+def test_regenerate_rewrites_every_users_train_part_into_the_target(
+    trained: tuple[Path, Path], tmp_path: Path, target: str
+) -> None:
+    data, bundle = trained
+    out = tmp_path / "out.jsonl"
+    code, output = invoke("regenerate", "--bundle", bundle, "--target", target, "--data", data, "--out", out)
+    assert code == 0, output
+    ds = load_dataset(data)
+    lines = read_lines(out)
+    assert [line["user_id"] for line in lines] == ds.user_ids
+    for line, seq in zip(lines, ds.sequences, strict=True):
+        assert len(line["decisions"]) == len(train_part(seq, 1))
+        assert all(ds.catalogue.domain_of(ds.catalogue.dense(i)) == target for i in line["sequence"])
+        assert sum(line["stats"].values()) == len(line["decisions"])
+    assert "kept" in output and target in output
+
+
+def test_the_bundle_records_its_domains_checksums_and_metrics(trained: tuple[Path, Path]) -> None:
+    _, bundle = trained
+    manifest = read_manifest(bundle)
+    assert manifest["catalogue"]["domains"] == sorted(DOMAINS)
+    assert set(manifest["files"]["experts"]) == set(DOMAINS)
+    code, output = invoke("info", bundle)
+    assert code == 0 and json.loads(output)["domains"].keys() == set(DOMAINS)
+
+
+def test_unknown_items_fail_by_default_and_leave_no_output(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    _, bundle = trained
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"user_id": "a", "items": ["0-1", "1-2"]}\n{"user_id": "b", "items": ["0-1", "nope", "2-3"]}\n')
+    out = tmp_path / "out.jsonl"
+    code, output = invoke("regenerate", "--bundle", bundle, "--target", "z", "--input", src, "--out", out)
+    assert code == 2
+    assert "unknown item 'nope' in sequence 1" in output
+    assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+    code, output = invoke(
+        "regenerate", "--bundle", bundle, "--target", "z", "--input", src, "--out", out, "--unknown-items", "drop"
+    )
+    assert code == 0, output
+    dropped = read_lines(out)[1]["decisions"][1]
+    assert dropped == {"position": 1, "item": "nope", "domain": None, "action": "discard", "reason": "unknown_item"}
+
+
+def test_recbole_export_has_the_atomic_header(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, bundle = trained
+    out = tmp_path / "z.inter"
+    code, output = invoke(
+        "regenerate", "--bundle", bundle, "--target", "z", "--data", data, "--out", out, "--format", "recbole"
+    )
+    assert code == 0, output
+    header, *rows = out.read_text().splitlines()
+    assert header == "user_id:token\titem_id_list:token_seq\titem_id:token"
+    assert rows and all(len(r.split("\t")) == 3 for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["data", "import", "--interactions", "/no/such.csv", "--out", "x"], "no such file"),
+        (["pretrain", "--data", "/no/such/dir", "--out", "x"], "/no/such/dir"),
+        (["regenerate", "--bundle", "/no/bundle", "--target", "z", "--input", "x", "--out", "y"], "/no/bundle"),
+        (["info", "/no/bundle"], "/no/bundle"),
+    ],
+)
+def test_user_mistakes_end_in_one_error_line_and_exit_code_2(args: list[str], message: str) -> None:
+    code, output = invoke(*args)
+    assert code == 2
+    assert output.startswith("error:") and message in output
+    assert "Traceback" not in output
+
+
+def test_an_unknown_target_domain_names_the_known_ones(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, bundle = trained
+    code, output = invoke("regenerate", "--bundle", bundle, "--target", "Toys", "--data", data, "--out", tmp_path / "o")
+    assert code == 2
+    assert "unknown domain 'Toys'" in output and "electronics" in output
+
+
+def test_an_unknown_ablation_is_refused(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, bundle = trained
+    out = tmp_path / "o"
+    code, output = invoke(
+        "regenerate", "--bundle", bundle, "--target", "z", "--data", data, "--out", out, "--ablation", "bogus"
+    )
+    assert code == 2 and "unknown ablation" in output
+
+
+def test_pipeline_regenerates_the_chosen_targets_and_writes_a_summary(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, _ = trained
+    run = tmp_path / "run"
+    code, output = invoke(
+        "pipeline", "--data", data, "--out", run, "--targets", "z,electronics", "--epochs", 1, "--adapt-epochs", 1
+    )
+    assert code == 0, output
+    summary = json.loads((run / "summary.json").read_text())
+    assert list(summary["targets"]) == ["z", "electronics"]
+    for stats in summary["targets"].values():
+        assert (run / stats["file"]).is_file()
+        assert stats["sequences"] == len(load_dataset(data).user_ids)
