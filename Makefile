@@ -20,7 +20,7 @@ setup: $(BIN)/taesar
 
 demo: setup
 	$(BIN)/taesar data ml100k --out $(DATA)
-	$(BIN)/taesar pipeline --data $(DATA) --out $(RUN)
+	$(BIN)/taesar pipeline --data $(DATA) --out $(RUN) --no-evaluate
 
 redis:
 	@bash .ci/ensure-redis

@@ -1,4 +1,4 @@
-"""The `taesar` command line: data preparation, pretraining and regeneration.
+"""The `taesar` command line: data preparation, pretraining, regeneration, evaluation and export.
 
 Every user mistake ends as one red line on stderr and exit code 2; progress bars
 go to stderr so stdout stays clean for tables and pipes.
@@ -203,7 +203,9 @@ def data_import(
 Device = Annotated[str, typer.Option(help="auto picks CUDA when available")]
 
 
-def _run_pretrain(data: Path, bundle: Path, epochs: int, adapt_epochs: int, seed: int, device: str) -> Path:
+def _run_pretrain(
+    data: Path, bundle: Path, epochs: int, adapt_epochs: int, seed: int, device: str, holdout: int | None = None
+) -> Path:
     from models.bundle import save_bundle
     from models.data import load_dataset
     from models.pretrain import TrainConfig, pretrain
@@ -211,7 +213,8 @@ def _run_pretrain(data: Path, bundle: Path, epochs: int, adapt_epochs: int, seed
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("--device must be auto, cpu or cuda")
     ds = load_dataset(data)
-    cfg = TrainConfig(epochs=epochs, adapt_epochs=adapt_epochs, seed=seed, device=device, holdout=ds.options["holdout"])
+    holdout = holdout or ds.options["holdout"]
+    cfg = TrainConfig(epochs=epochs, adapt_epochs=adapt_epochs, seed=seed, device=device, holdout=holdout)
     started = time.perf_counter()
     with progress_bars() as bars:
         result = pretrain(ds, cfg, progress=bars)
@@ -289,7 +292,9 @@ def _decode_options(ablations: list[str] | None):
 Records = Callable[[], Iterator[tuple[str, list]]]
 
 
-def _records(data: Path | None, input_file: Path | None, split: str, catalogue: Any) -> tuple[Records, int | None]:
+def _records(
+    data: Path | None, input_file: Path | None, split: str, catalogue: Any, holdout: int | None = None
+) -> tuple[Records, int | None]:
     """A re-iterable source of (user id, external item ids) and its size when known.
 
     A JSONL input is read lazily (twice when unknown items must be rejected up front),
@@ -307,7 +312,7 @@ def _records(data: Path | None, input_file: Path | None, split: str, catalogue: 
     ds = load_dataset(data)
     if ds.catalogue != catalogue:
         raise DataError(f"dataset {data} was not prepared with this bundle's catalogue (different items or domains)")
-    holdout = ds.options["holdout"]
+    holdout = holdout or ds.options["holdout"]
     rows = [
         (u, [catalogue.external(int(i)) for i in (s if split == "full" else train_part(s, holdout))])
         for u, s in zip(ds.user_ids, ds.sequences, strict=True)
@@ -445,6 +450,97 @@ def _print_counts(per_domain: dict[str, dict[str, int]]) -> None:
     out.print(table)
 
 
+# -- evaluate and export ----------------------------------------------------------------
+
+HoldoutEval = Annotated[
+    int | None, typer.Option(help="leave-N-out: last N positions test, N before them valid (default: the dataset's)")
+]
+Backbones = Annotated[str, typer.Option(help="comma-separated: sasrec, gru4rec")]
+Variants = Annotated[
+    str,
+    typer.Option(
+        help="comma-separated: sim, full, new, random, random_matched, no_adaptation, no_source_experts, "
+        "no_global, no_local; 'all' for every one"
+    ),
+]
+Seeds = Annotated[int, typer.Option(help="downstream seeds per variant")]
+Patience = Annotated[int, typer.Option(help="downstream early stopping patience (validation NDCG@10)")]
+
+
+def _split_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _eval_config(
+    targets: list[str],
+    backbones: str,
+    variants: str,
+    seeds: int,
+    seed: int,
+    holdout: int,
+    epochs: int,
+    patience: int,
+    device: str,
+) -> Any:
+    from models.downstream import DownstreamConfig
+    from models.evaluation import VARIANTS, EvalConfig
+
+    if seeds < 1 or epochs < 1 or patience < 1:
+        raise TaesarError("--seeds, --epochs and --patience must be at least 1")
+    chosen = list(VARIANTS) if variants.strip() == "all" else _split_list(variants)
+    return EvalConfig(
+        targets=tuple(targets),
+        backbones=tuple(_split_list(backbones)),
+        variants=tuple(chosen),
+        seeds=tuple(seed + i for i in range(seeds)),
+        holdout=holdout,
+        downstream=DownstreamConfig(epochs=epochs, patience=patience, device=_device(device)),
+    )
+
+
+def _command_line() -> str:
+    return " ".join(["taesar", *sys.argv[1:]])
+
+
+def _run_evaluation(ds: Any, cfg: Any, engine: Any, run: Path, extra: dict) -> None:
+    from models.evaluation import run_evaluation
+    from models.report import write_report
+
+    with progress_bars() as bars:
+        evaluation = run_evaluation(ds, cfg, engine, progress=bars)
+    paths = write_report(evaluation, run, extra=extra)
+    _print_summary(evaluation.report)
+    out.print(f"report: {paths[2]}  ({len(paths) - 3} figures)")
+
+
+def _print_summary(report: dict) -> None:
+    table = Table(title=f"test metrics (leave-{report['protocol']['holdout']}-out), mean over seeds")
+    for col in ("target", "backbone", "variant", "n_test", "HR@10", "NDCG@10", "NDCG@10 vs sim", "p"):
+        table.add_column(col, justify="left" if col in ("target", "backbone", "variant") else "right")
+    for e in report["summary"]:
+        vs = e.get("vs_sim", {}).get("NDCG@10")
+        n = f"{e['n_test']}{' !' if e['small_test_set'] else ''}"
+        change = f"{100 * vs['rel']:+.1f}%" if vs and vs["rel"] == vs["rel"] else "-"
+        table.add_row(
+            e["target"], e["backbone"], e["variant"], n, f"{e['mean']['HR@10']:.4f}",
+            f"{e['mean']['NDCG@10']:.4f}", change, f"{vs['p']:.3f}" if vs else "-",
+        )  # fmt: skip
+    out.print(table)
+
+
+def _engine_for(bundle: Path | None, ds: Any, holdout: int, device: str) -> Any:
+    """A Regenerator on a bundle that is leak-free for this holdout (or None without a bundle)."""
+    from models.bundle import load_bundle
+    from models.decoding import Regenerator
+    from models.evaluation import check_bundle
+
+    if bundle is None:
+        return None
+    b = load_bundle(bundle, device=_device(device))
+    check_bundle(b.manifest, ds, holdout)
+    return Regenerator(b.catalogue, b.mixed, b.experts, device=_device(device))
+
+
 # -- pipeline -----------------------------------------------------------------------
 
 
@@ -452,14 +548,22 @@ def _print_counts(per_domain: dict[str, dict[str, int]]) -> None:
 @user_errors
 def pipeline(
     data: Annotated[Path, typer.Option(help="prepared dataset folder")],
-    run: Annotated[Path, typer.Option("--out", help="run folder: bundle/, regenerated/, summary.json")],
+    run: Annotated[Path, typer.Option("--out", help="run folder: bundle/, regenerated/, summary.json, report.*")],
     targets: Annotated[str | None, typer.Option(help="comma-separated target domains (default: all)")] = None,
-    epochs: int = 200,
+    epochs: Annotated[int, typer.Option(help="max epochs of pretraining and of each downstream model")] = 200,
     adapt_epochs: int = 20,
-    seed: int = 42,
+    seed: Annotated[int, typer.Option(help="pretraining seed; downstream seeds are seed, seed+1, ...")] = 42,
     device: Device = "auto",
+    holdout: HoldoutEval = None,
+    backbones: Backbones = "sasrec",
+    variants: Variants = "sim,full,new,random",
+    seeds: Seeds = 1,
+    patience: Patience = 10,
+    evaluate: Annotated[
+        bool, typer.Option("--evaluate/--no-evaluate", help="train and compare downstream models")
+    ] = True,
 ) -> None:
-    """Pretrain, then regenerate every chosen target domain; print per-domain decision counts."""
+    """Pretrain, regenerate every chosen target, then evaluate downstream models (report.json/.md, figures)."""
     from models.bundle import load_bundle
     from models.data import load_dataset
     from models.decoding import Regenerator
@@ -467,10 +571,14 @@ def pipeline(
     started = time.perf_counter()
     ds = load_dataset(data)
     chosen = _parse_targets(targets, ds.catalogue)
-    bundle_dir = _run_pretrain(data, run / "bundle", epochs, adapt_epochs, seed, device)
+    holdout = holdout or ds.options["holdout"]
+    eval_cfg = (
+        _eval_config(chosen, backbones, variants, seeds, seed, holdout, epochs, patience, device) if evaluate else None
+    )
+    bundle_dir = _run_pretrain(data, run / "bundle", epochs, adapt_epochs, seed, device, holdout)
     b = load_bundle(bundle_dir, device=_device(device))
     engine = Regenerator(b.catalogue, b.mixed, b.experts, device=_device(device))
-    records, total = _records(data, None, "train", b.catalogue)
+    records, total = _records(data, None, "train", b.catalogue, holdout)
     counts: dict[str, dict[str, int]] = {}
     for target in chosen:
         path = run / "regenerated" / f"{ds.catalogue.domain_index(target):02d}.jsonl"
@@ -479,7 +587,11 @@ def pipeline(
         )
         counts[target]["file"] = str(path.relative_to(run))  # type: ignore[assignment]
     _print_counts(counts)
-    summary = {"data": str(data), "targets": counts, "wall_time_s": round(time.perf_counter() - started, 1)}
+    summary: dict[str, Any] = {"data": str(data), "holdout": holdout, "targets": counts}
+    if eval_cfg is not None:
+        _run_evaluation(ds, eval_cfg, engine, run, {"command": _command_line()})
+        summary["report"] = "report.json"
+    summary["wall_time_s"] = round(time.perf_counter() - started, 1)
     (run / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     out.print(f"run written to {run} in {summary['wall_time_s']} s")
 
@@ -491,6 +603,78 @@ def _parse_targets(targets: str | None, catalogue: Any) -> list[str]:
     for n in names:
         catalogue.domain_index(n)
     return names
+
+
+@app.command()
+@user_errors
+def evaluate(
+    data: Annotated[Path, typer.Option(help="prepared dataset folder")],
+    target: Annotated[str, typer.Option(help="target domain name")],
+    run: Annotated[Path, typer.Option("--out", help="folder for report.json, report.md, figures/")],
+    bundle: Annotated[
+        Path | None, typer.Option(help="bundle to decode with (needed by new, random_matched and the ablations)")
+    ] = None,
+    backbones: Backbones = "sasrec",
+    variants: Variants = "sim,full,new,random",
+    seeds: Seeds = 1,
+    seed: Annotated[int, typer.Option(help="first downstream seed")] = 0,
+    holdout: HoldoutEval = None,
+    epochs: Annotated[int, typer.Option(help="max epochs per downstream model (early stopping)")] = 200,
+    patience: Patience = 10,
+    device: Device = "auto",
+) -> None:
+    """Train downstream models on each training set of one target domain and compare them."""
+    from models.data import load_dataset
+    from models.evaluation import EvalConfig
+
+    ds = load_dataset(data)
+    ds.catalogue.domain_index(target)
+    holdout = holdout or ds.options["holdout"]
+    cfg: EvalConfig = _eval_config([target], backbones, variants, seeds, seed, holdout, epochs, patience, device)
+    engine = _engine_for(bundle, ds, holdout, device)
+    _run_evaluation(ds, cfg, engine, run, {"command": _command_line()})
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Export training sets for other frameworks.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("recbole")
+@user_errors
+def export_recbole(
+    data: Annotated[Path, typer.Option(help="prepared dataset folder")],
+    target: Annotated[str, typer.Option(help="target domain name")],
+    out_dir: Annotated[Path, typer.Option("--out", help="folder to hold one RecBole dataset folder per variant")],
+    bundle: Annotated[Path | None, typer.Option(help="bundle to decode with (for new and the ablations)")] = None,
+    variants: Variants = "sim,full,new,random",
+    holdout: HoldoutEval = None,
+    max_len: Annotated[int, typer.Option(help="longest history written per row")] = 128,
+    seed: Annotated[int, typer.Option(help="seed of the random baselines' draws")] = 0,
+    device: Device = "auto",
+) -> None:
+    """Write each training set with the shared valid/test points as RecBole atomic files (docs/recbole.md)."""
+    from models.data import load_dataset
+    from models.evaluation import VARIANTS, export_recbole
+
+    ds = load_dataset(data)
+    ds.catalogue.domain_index(target)
+    holdout = holdout or ds.options["holdout"]
+    chosen = list(VARIANTS) if variants.strip() == "all" else _split_list(variants)
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown:
+        raise TaesarError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    engine = _engine_for(bundle, ds, holdout, device)
+    with progress_bars() as bars:
+        written = export_recbole(
+            ds, target, chosen, out_dir, holdout=holdout, regenerator=engine, max_len=max_len, data_seed=seed,
+            progress=bars,
+        )  # fmt: skip
+    table = Table(title=f"RecBole datasets in {out_dir}")
+    for col in ("dataset", "train rows", "valid rows", "test rows"):
+        table.add_column(col, justify="left" if col == "dataset" else "right")
+    for variant, counts in written.items():
+        table.add_row(f"{target}-{variant}", *(str(counts[s]) for s in ("train", "valid", "test")))
+    out.print(table)
 
 
 @app.command()

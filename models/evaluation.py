@@ -1,0 +1,609 @@
+"""Does the regenerated data help? The downstream protocol of issue 5 (METHOD.md §4).
+
+For one target domain T and leave-N-out holdout N:
+
+- test points: each user's last N positions whose item is a T item, history = the
+  items before it filtered to T (at least one); valid points likewise on the N
+  positions before those. Train < valid < test in time for every user.
+- training sets, all built from each user's *training part* s[:len-2N] only
+  (`build_training_sets` receives nothing else, which is what the leakage test pins):
+  sim     T's rows (the train part filtered to T, >= 2 items)
+  full    the mixed train parts; softmax over all items, scores restricted to T at evaluation
+  new     sim + Taesar's regenerated rows (those repeating an earlier row exactly are dropped)
+  random  sim + rows where every source item is replaced by a T item drawn by
+          T's training popularity instead of by decoding (same post-processing)
+  random_matched  like random, but only where Taesar replaced (its discards kept),
+          which isolates the quality of the chosen replacements
+  no_adaptation | no_source_experts | no_global | no_local  `new` with one decoding ablation
+- every variant is evaluated on the same points, so comparisons are paired per point.
+
+Uncertainty: a 95% percentile-bootstrap CI over test points for every metric, and a
+paired bootstrap of (variant - sim) per point. Both use fixed seeds, so reports repeat.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.catalogue import Catalogue
+from models.data import Dataset, domain_eval_points, domain_train_sequences, train_part
+from models.decoding import DecodeOptions, Regenerated, Regenerator, assemble
+from models.downstream import BACKBONES, DownstreamConfig, eval_set, next_item_rows, train_downstream
+from models.errors import DataError
+from models.metrics import hit_at_k, mrr_at_k, ndcg_at_k
+from models.output import RecboleWriter
+from models.pretrain import EvalSet
+
+__all__ = [
+    "ABLATIONS",
+    "METRICS",
+    "VARIANTS",
+    "DomainSplit",
+    "EvalConfig",
+    "Evaluation",
+    "TrainingSet",
+    "build_training_sets",
+    "check_bundle",
+    "decision_breakdown",
+    "domain_split",
+    "export_recbole",
+    "mean_ci",
+    "paired_bootstrap",
+    "point_metric",
+    "run_evaluation",
+    "summarize_results",
+    "target_data_stats",
+]
+
+METRICS: tuple[str, ...] = ("HR@10", "NDCG@10", "MRR@10", "HR@20", "NDCG@20", "MRR@20")
+ABLATIONS: dict[str, DecodeOptions] = {
+    "no_adaptation": DecodeOptions(no_adaptation=True),
+    "no_source_experts": DecodeOptions(no_source_experts=True),
+    "no_global": DecodeOptions(no_global=True),
+    "no_local": DecodeOptions(no_local=True),
+}
+VARIANTS: tuple[str, ...] = ("sim", "full", "new", "random", "random_matched", *ABLATIONS)
+_DECODED = {"new": DecodeOptions(), "random_matched": DecodeOptions(), **ABLATIONS}  # variant -> decoding used
+# (phase, step, total, info), as pretrain.ProgressFn
+ProgressFn = Callable[[str, int, int, dict], None]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    targets: tuple[str, ...]
+    backbones: tuple[str, ...] = ("sasrec",)
+    variants: tuple[str, ...] = ("sim", "full", "new", "random")
+    seeds: tuple[int, ...] = (0,)
+    holdout: int = 1
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+    min_test_points: int = 500  # comparisons on fewer test points are flagged
+    n_boot: int = 2000
+    data_seed: int = 0  # the random baselines' draws
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise DataError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+        bad = [b for b in self.backbones if b not in BACKBONES]
+        if bad:
+            raise DataError(f"unknown backbone(s) {bad}; choose from {', '.join(BACKBONES)}")
+        if not self.targets or not self.backbones or not self.variants or not self.seeds:
+            raise DataError("choose at least one target, backbone, variant and seed")
+        if self.holdout < 1 or self.n_boot < 100:
+            raise DataError("holdout must be >= 1 and n_boot >= 100")
+
+    @property
+    def needs_decoding(self) -> bool:
+        return any(v in _DECODED for v in self.variants)
+
+
+# -- points and training sets ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DomainSplit:
+    target: str
+    span: tuple[int, int]  # T's dense ids [start, end)
+    valid: EvalSet
+    test: EvalSet
+    test_users: np.ndarray  # (N,) user index of each test point
+
+
+def domain_split(sequences: Sequence[np.ndarray], catalogue: Catalogue, target: str, holdout: int, max_len: int):
+    """T's valid and test points (METHOD.md §4, leave-N-out), histories cut to max_len."""
+    test = domain_eval_points(list(sequences), catalogue, target, "test", holdout)
+    valid = domain_eval_points(list(sequences), catalogue, target, "valid", holdout)
+    return DomainSplit(
+        target,
+        catalogue.domain_range(target),
+        eval_set(valid, max_len),
+        eval_set(test, max_len),
+        np.array([p.user for p in test], dtype=np.int64),
+    )
+
+
+@dataclass
+class TrainingSet:
+    variant: str
+    sequences: list[np.ndarray]  # dense ids
+    users: list[int]  # the user (index into Dataset.user_ids) whose training part each row comes from
+    mixed: bool = False  # softmax over the whole catalogue (the `full` set)
+    regenerated: list[Regenerated] | None = None  # decoded variants: one per training part
+
+
+def _rows(pairs: Sequence[tuple[int, np.ndarray]]) -> tuple[list[np.ndarray], list[int]]:
+    """(user, row) pairs -> the rows of >= 2 items and their users."""
+    kept = [(u, np.asarray(r, dtype=np.int64)) for u, r in pairs if len(r) >= 2]
+    return [r for _, r in kept], [u for u, _ in kept]
+
+
+def _append(
+    base: Sequence[tuple[int, np.ndarray]], extra: Sequence[tuple[int, np.ndarray]]
+) -> tuple[list[np.ndarray], list[int]]:
+    """base rows, then the extra rows that repeat no row before them (METHOD.md §3: exact
+    duplicate rows are dropped). Users' own rows are never dropped, even when two agree."""
+    seqs, users = _rows(base)
+    seen = {r.tobytes() for r in seqs}
+    for u, r in _rows_pairs(extra):
+        if r.tobytes() not in seen:
+            seen.add(r.tobytes())
+            seqs.append(r)
+            users.append(u)
+    return seqs, users
+
+
+def _rows_pairs(pairs: Sequence[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray]]:
+    seqs, users = _rows(pairs)
+    return list(zip(users, seqs, strict=True))
+
+
+def _popularity(train_parts: Sequence[np.ndarray], span: tuple[int, int]) -> np.ndarray:
+    a, b = span
+    flat = np.concatenate(train_parts) if train_parts else np.zeros(0, np.int64)
+    counts = np.bincount(flat[(flat >= a) & (flat < b)] - a, minlength=b - a).astype(np.float64)
+    return counts / counts.sum() if counts.sum() else np.full(b - a, 1.0 / (b - a))
+
+
+def _random_rows(
+    train_parts: Sequence[np.ndarray],
+    catalogue: Catalogue,
+    target: str,
+    rng: np.random.Generator,
+    where: Sequence[np.ndarray] | None = None,
+) -> list[np.ndarray]:
+    """Source items -> popularity-drawn T items (all of them, or only the positions in
+    `where`, dropping the other source items); consecutive duplicates collapse."""
+    t = catalogue.domain_index(target)
+    a, _ = span = catalogue.domain_range(t)
+    p = _popularity(train_parts, span)
+    item_domain = np.asarray(catalogue.item_domain, dtype=np.int64)
+    out = []
+    for k, seq in enumerate(train_parts):
+        source = item_domain[seq] != t
+        raw = np.full(len(seq), -1, dtype=np.int64)
+        chosen = np.flatnonzero(source) if where is None else where[k]
+        raw[chosen] = a + rng.choice(len(p), size=len(chosen), p=p)
+        out.append(np.array(assemble(seq, item_domain[seq], raw, t).sequence, dtype=np.int64))
+    return out
+
+
+def build_training_sets(
+    train_parts: Sequence[np.ndarray],
+    catalogue: Catalogue,
+    target: str,
+    variants: Sequence[str],
+    regenerator: Regenerator | None = None,
+    *,
+    data_seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> dict[str, TrainingSet]:
+    """Every requested training set for T, from the users' training parts alone."""
+    parts = [np.asarray(s, dtype=np.int64) for s in train_parts]
+    sim = list(enumerate(_domain_only(parts, catalogue, target)))
+    decoded: dict[DecodeOptions, list[Regenerated]] = {}
+    for v in variants:
+        opts = _DECODED.get(v)
+        if opts is not None and opts not in decoded:
+            if regenerator is None:
+                raise DataError(f"variant {v!r} needs a bundle to decode with")
+            decoded[opts] = _regenerate(regenerator, parts, target, opts, v, progress)
+    rng = np.random.default_rng([data_seed, catalogue.domain_index(target)])
+    out: dict[str, TrainingSet] = {}
+    for v in variants:
+        regen = decoded.get(_DECODED.get(v))  # type: ignore[arg-type]
+        if v == "sim":
+            out[v] = TrainingSet(v, *_rows(sim))
+        elif v == "full":
+            out[v] = TrainingSet(v, *_rows(list(enumerate(parts))), mixed=True)
+        elif v in ("random", "random_matched"):
+            where = None
+            if v == "random_matched":
+                where = [
+                    np.array([d.position for d in r.decisions if d.action == "replace"], np.int64) for r in regen or []
+                ]
+            extra = _random_rows(parts, catalogue, target, rng, where)
+            out[v] = TrainingSet(v, *_append(sim, list(enumerate(extra))))
+        else:
+            extra = [np.array(r.sequence, dtype=np.int64) for r in regen or []]
+            out[v] = TrainingSet(v, *_append(sim, list(enumerate(extra))), regenerated=regen)
+    return out
+
+
+def _domain_only(parts: Sequence[np.ndarray], catalogue: Catalogue, target: str) -> list[np.ndarray]:
+    a, b = catalogue.domain_range(target)
+    return [s[(s >= a) & (s < b)] for s in parts]
+
+
+def _regenerate(
+    regenerator: Regenerator,
+    parts: Sequence[np.ndarray],
+    target: str,
+    options: DecodeOptions,
+    label: str,
+    progress: ProgressFn | None,
+) -> list[Regenerated]:
+    phase = f"regenerate {target} ({'taesar' if label in ('new', 'random_matched') else label})"
+
+    def on_progress(n: int) -> None:
+        if progress:
+            progress(phase, n, len(parts), {})
+
+    return regenerator.regenerate([s.tolist() for s in parts], target, options, on_progress)
+
+
+def check_bundle(manifest: dict[str, Any], dataset: Dataset, holdout: int) -> None:
+    """Refuse a bundle whose models saw this protocol's valid/test positions: a bundle
+    trained with holdout h used s[:len-2h], which is leak-free for holdout N <= h only."""
+    if manifest.get("data_fingerprint") != dataset.fingerprint:
+        raise DataError("the bundle was not trained on this dataset (data fingerprints differ)")
+    trained = int(manifest.get("training", {}).get("holdout", 0))
+    if trained < holdout:
+        raise DataError(
+            f"the bundle was trained with holdout {trained}, so its models saw positions that holdout {holdout} "
+            f"evaluates; pretrain with --holdout {holdout} (taesar pipeline does)"
+        )
+
+
+# -- statistics ---------------------------------------------------------------------------
+
+_PER_POINT = {"HR": hit_at_k, "NDCG": ndcg_at_k, "MRR": mrr_at_k}
+
+
+def point_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """'NDCG@10' -> the per-point values (N,) of that metric for these ranks."""
+    name, k = metric.split("@")
+    return _PER_POINT[name](np.asarray(ranks, dtype=np.float64), int(k))
+
+
+def _boot_index(n: int, n_boot: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))  # (B, n)
+
+
+def mean_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap CI of the mean of per-point values."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return (math.nan, math.nan)
+    means = values[_boot_index(values.size, n_boot, seed)].mean(axis=1)  # (B,)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Paired bootstrap over points of mean(a - b): the difference, its 95% CI and a
+    two-sided p-value (twice the smaller tail share of resampled means beyond 0,
+    with the +1 correction so that p is never 0)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.size == 0:
+        return {"delta": math.nan, "ci95": [math.nan, math.nan], "p": math.nan}
+    means = d[_boot_index(d.size, n_boot, seed)].mean(axis=1)  # (B,)
+    tail = min((means <= 0).sum(), (means >= 0).sum())
+    p = min(1.0, 2 * (tail + 1) / (n_boot + 1))
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return {"delta": float(d.mean()), "ci95": [float(lo), float(hi)], "p": float(p)}
+
+
+def summarize_results(
+    results: Sequence[dict[str, Any]],
+    ranks: dict[tuple[str, str, str, int], np.ndarray],
+    *,
+    n_boot: int = 2000,
+    min_test_points: int = 500,
+) -> list[dict[str, Any]]:
+    """One entry per (target, backbone, variant): mean ± std over seeds, a bootstrap CI of
+    the seed-averaged per-point metric, relative change and a paired test vs `sim`."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["target"], r["backbone"], r["variant"]), []).append(r)
+    out = []
+    for (target, backbone, variant), rows in groups.items():
+        seeds = sorted(r["seed"] for r in rows)
+        per_point = {m: _seed_mean(ranks, (target, backbone, variant), seeds, m) for m in METRICS}
+        base_rows = groups.get((target, backbone, "sim"))
+        entry: dict[str, Any] = {
+            "target": target,
+            "backbone": backbone,
+            "variant": variant,
+            "seeds": seeds,
+            "n_test": int(rows[0]["n_test"]),
+            "small_test_set": int(rows[0]["n_test"]) < min_test_points,
+            "mean": {m: float(np.mean([r["metrics"][m] for r in rows])) for m in METRICS},
+            "std": {m: _std([r["metrics"][m] for r in rows]) for m in METRICS},
+            "ci95": {m: list(mean_ci(per_point[m], n_boot)) for m in METRICS},
+        }
+        if base_rows is not None and variant != "sim":
+            base_seeds = sorted(r["seed"] for r in base_rows)
+            common = [s for s in seeds if s in base_seeds]  # pair on the same seeds
+            entry["vs_sim"] = {}
+            for m in METRICS:
+                base = float(np.mean([r["metrics"][m] for r in base_rows]))
+                test = paired_bootstrap(
+                    _seed_mean(ranks, (target, backbone, variant), common, m),
+                    _seed_mean(ranks, (target, backbone, "sim"), common, m),
+                    n_boot,
+                )
+                test["rel"] = (entry["mean"][m] - base) / base if base else math.nan
+                entry["vs_sim"][m] = test
+        out.append(entry)
+    return out
+
+
+def _seed_mean(ranks: dict, key: tuple[str, str, str], seeds: Sequence[int], metric: str) -> np.ndarray:
+    return np.mean([point_metric(ranks[(*key, s)], metric) for s in seeds], axis=0)
+
+
+def _std(values: Sequence[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+# -- data statistics for the report ---------------------------------------------------------
+
+
+def decision_breakdown(
+    regenerated: Sequence[Regenerated], catalogue: Catalogue, target: str
+) -> dict[str, dict[str, int]]:
+    """Per source domain: how many items were replaced, and discarded for each reason
+    (a source item whose replacement repeated the previous item counts as `duplicate`)."""
+    t = catalogue.domain_index(target)
+    out: dict[str, dict[str, int]] = {}
+    for r in regenerated:
+        for d in r.decisions:
+            if d.domain is None or d.domain == t:
+                continue
+            row = out.setdefault(catalogue.domains[d.domain], {"replaced": 0})
+            key = "replaced" if d.action == "replace" else f"discarded:{d.reason}"
+            row[key] = row.get(key, 0) + 1
+    return out
+
+
+def target_data_stats(
+    original: Sequence[np.ndarray], regenerated: Sequence[np.ndarray], span: tuple[int, int]
+) -> dict[str, Any]:
+    """The paper's Figure 5 statistics: item frequency by rank, interaction share of the
+    top 10% / mid 40% / tail 50% items (groups by popularity in the *original* data),
+    and the sequence length distribution."""
+    a, b = span
+    n_items = b - a
+    orig_counts = _counts(original, a, n_items)
+    order = np.argsort(-orig_counts, kind="stable")  # original popularity rank
+    groups = {
+        "top10": order[: math.ceil(0.1 * n_items)],
+        "mid40": order[math.ceil(0.1 * n_items) : math.ceil(0.5 * n_items)],
+    }
+    groups["tail50"] = order[math.ceil(0.5 * n_items) :]
+    out = {}
+    for name, seqs in (("original", original), ("regenerated", regenerated)):
+        counts = _counts(seqs, a, n_items)
+        total = max(int(counts.sum()), 1)
+        lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+        out[name] = {
+            "rows": len(seqs),
+            "interactions": int(counts.sum()),
+            "items_covered": int((counts > 0).sum()),
+            "frequency_by_rank": np.sort(counts)[::-1].astype(int).tolist(),
+            "share": {g: float(counts[idx].sum() / total) for g, idx in groups.items()},
+            "lengths": np.bincount(lengths).tolist() if len(lengths) else [],
+            "mean_length": float(lengths.mean()) if len(lengths) else 0.0,
+        }
+    return out
+
+
+def _counts(seqs: Sequence[np.ndarray], start: int, n_items: int) -> np.ndarray:
+    flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs]) if len(seqs) else np.zeros(0, np.int64)
+    flat = flat[(flat >= start) & (flat < start + n_items)] - start
+    return np.bincount(flat, minlength=n_items)
+
+
+# -- the whole evaluation -----------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    report: dict[str, Any]  # report.json
+    ranks: dict[tuple[str, str, str, int], np.ndarray]  # test ranks per (target, backbone, variant, seed)
+
+
+def run_evaluation(
+    dataset: Dataset,
+    cfg: EvalConfig,
+    regenerator: Regenerator | None = None,
+    progress: ProgressFn | None = None,
+) -> Evaluation:
+    """Train every (target, backbone, variant, seed) and collect the report's data."""
+    started = time.perf_counter()
+    cat = dataset.catalogue
+    for t in cfg.targets:
+        cat.domain_index(t)
+    if cfg.needs_decoding and regenerator is None:
+        raise DataError(f"variants {[v for v in cfg.variants if v in _DECODED]} need a bundle to decode with")
+    parts = [train_part(np.asarray(s, dtype=np.int64), cfg.holdout) for s in dataset.sequences]
+    results: list[dict[str, Any]] = []
+    ranks: dict[tuple[str, str, str, int], np.ndarray] = {}
+    per_target: dict[str, Any] = {}
+    for target in cfg.targets:
+        split = domain_split(dataset.sequences, cat, target, cfg.holdout, cfg.downstream.max_len)
+        sets = build_training_sets(
+            parts, cat, target, cfg.variants, regenerator, data_seed=cfg.data_seed, progress=progress
+        )
+        original = domain_train_sequences(dataset.sequences, cat, target, cfg.holdout)
+        per_target[target] = _target_info(split, sets, original, cat, cfg)
+        for backbone in cfg.backbones:
+            for variant in cfg.variants:
+                for seed in cfg.seeds:
+                    row, r = _train_one(split, sets[variant], cat, backbone, seed, cfg, progress)
+                    results.append(row)
+                    ranks[(target, backbone, variant, seed)] = r
+    summary = summarize_results(results, ranks, n_boot=cfg.n_boot, min_test_points=cfg.min_test_points)
+    report = {
+        "format": "taesar-report",
+        "version": 1,
+        "data": {"source": dataset.source, "fingerprint": dataset.fingerprint, "users": len(dataset.user_ids)},
+        "protocol": {
+            "holdout": cfg.holdout,
+            "require_all_domains": bool(dataset.options.get("require_all_domains", True)),
+            "min_test_points": cfg.min_test_points,
+            "n_boot": cfg.n_boot,
+            "selection": "validation NDCG@10",
+            "metrics": list(METRICS),
+        },
+        "config": {
+            "targets": list(cfg.targets),
+            "backbones": list(cfg.backbones),
+            "variants": list(cfg.variants),
+            "seeds": list(cfg.seeds),
+            "data_seed": cfg.data_seed,
+            "downstream": cfg.downstream.to_dict(),
+        },
+        "targets": per_target,
+        "results": results,
+        "summary": summary,
+        "wall_time_s": round(time.perf_counter() - started, 1),
+    }
+    return Evaluation(report, ranks)
+
+
+def _target_info(
+    split: DomainSplit, sets: dict[str, TrainingSet], original: list[np.ndarray], cat: Catalogue, cfg: EvalConfig
+) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "n_valid": len(split.valid.targets),
+        "n_test": len(split.test.targets),
+        "n_items": split.span[1] - split.span[0],
+        "small_test_set": len(split.test.targets) < cfg.min_test_points,
+        "train_rows": {v: len(s.sequences) for v, s in sets.items()},
+    }
+    decoded = {v: s for v, s in sets.items() if s.regenerated is not None}
+    if decoded:
+        info["decisions"] = {v: decision_breakdown(s.regenerated or [], cat, split.target) for v, s in decoded.items()}
+        main = decoded.get("new") or next(iter(decoded.values()))
+        regen_rows = [np.array(r.sequence, dtype=np.int64) for r in main.regenerated or [] if len(r.sequence) >= 2]
+        info["data_stats"] = target_data_stats(original, regen_rows, split.span)
+        info["data_stats_variant"] = main.variant
+    return info
+
+
+def _train_one(
+    split: DomainSplit,
+    tset: TrainingSet,
+    cat: Catalogue,
+    backbone: str,
+    seed: int,
+    cfg: EvalConfig,
+    progress: ProgressFn | None,
+) -> tuple[dict[str, Any], np.ndarray]:
+    train_span = (0, cat.n_items) if tset.mixed else split.span
+    rows = next_item_rows(tset.sequences, cfg.downstream.max_len, train_span)
+    res = train_downstream(
+        rows,
+        split.valid,
+        split.test,
+        backbone=backbone,
+        n_items=cat.n_items,
+        train_span=train_span,
+        eval_span=split.span,
+        cfg=cfg.downstream,
+        seed=seed,
+        phase=f"train {split.target}/{backbone}/{tset.variant}/seed {seed}",
+        progress=progress,
+    )
+    row = {
+        "target": split.target,
+        "backbone": backbone,
+        "variant": tset.variant,
+        "seed": seed,
+        "metrics": {m: res.test[m] for m in METRICS},
+        "valid": {m: res.valid[m] for m in METRICS},
+        "n_test": len(split.test.targets),
+        "n_valid": len(split.valid.targets),
+        "train_rows": res.train_rows,
+        "train_positions": res.train_positions,
+        "best_epoch": res.best_epoch,
+        "epochs_run": res.epochs_run,
+        "seconds": round(res.seconds, 1),
+    }
+    return row, res.test_ranks
+
+
+# -- RecBole export ------------------------------------------------------------------------
+
+
+def export_recbole(
+    dataset: Dataset,
+    target: str,
+    variants: Sequence[str],
+    out_dir: str | Path,
+    *,
+    holdout: int,
+    regenerator: Regenerator | None = None,
+    max_len: int = 128,
+    data_seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> dict[str, dict[str, int]]:
+    """One RecBole benchmark dataset per variant: `<out>/<name>/<name>.{train,valid,test}.inter`
+    with name `<target>-<variant>`; valid/test are the same points for every variant.
+
+    Training sequences are expanded into one row per next-item step (history -> item),
+    so a RecBole model sees the same transitions as ours; histories keep the last max_len
+    items. Returns rows written per variant and file."""
+    cat = dataset.catalogue
+    parts = [train_part(np.asarray(s, dtype=np.int64), holdout) for s in dataset.sequences]
+    sets = build_training_sets(parts, cat, target, variants, regenerator, data_seed=data_seed, progress=progress)
+    eval_rows = {
+        split: [
+            (dataset.user_ids[p.user], [*p.history[-max_len:].tolist(), p.target])
+            for p in domain_eval_points(dataset.sequences, cat, target, split, holdout)  # type: ignore[arg-type]
+        ]
+        for split in ("valid", "test")
+    }
+    written: dict[str, dict[str, int]] = {}
+    for variant, tset in sets.items():
+        name = _safe_name(f"{target}-{variant}")
+        folder = Path(out_dir) / name
+        rows = {
+            "train": [
+                (dataset.user_ids[u], seq[max(0, t + 1 - max_len - 1) : t + 1].tolist())
+                for u, seq in zip(tset.users, tset.sequences, strict=True)
+                for t in range(1, len(seq))
+            ],
+            **eval_rows,
+        }
+        written[variant] = {split: _write_inter(folder / f"{name}.{split}.inter", r, cat) for split, r in rows.items()}
+    return written
+
+
+def _write_inter(path: Path, rows: Sequence[tuple[str, list[int]]], cat: Catalogue) -> int:
+    with RecboleWriter(path) as w:
+        for user, seq in rows:
+            w.write(user, [cat.external(int(i)) for i in seq])
+        return w.written
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
