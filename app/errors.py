@@ -172,8 +172,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = _CODE_BY_STATUS.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
-    if code == "bad_request" and isinstance(exc.__cause__, ValueError):
-        # FastAPI's "error parsing the body": undecodable bytes (e.g. gzip sent as JSON), absurd numbers
+    if code == "bad_request" and isinstance(exc.__cause__, ValueError | RecursionError):
+        # FastAPI's "error parsing the body": undecodable bytes (e.g. gzip sent as JSON), absurd
+        # numbers, nesting deeper than the parser's recursion limit
         return error_response("bad_json", f"request body is not valid JSON: {_clip(str(exc.__cause__))}")
     if code == "not_found":
         message = f"no such path: {_clip(request.url.path)}"

@@ -10,9 +10,9 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-ItemId = str | int
+ItemId = str | StrictInt  # StrictInt: JSON true must not become item 1
 Action = Literal["keep", "replace", "discard"]
 
 # -- errors -------------------------------------------------------------------------

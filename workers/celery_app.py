@@ -54,7 +54,8 @@ def create_celery(settings: Settings, *, with_tasks: bool = False) -> Celery:
             # time one chunk takes (settings.chunk_size sequences)
             "visibility_timeout": settings.visibility_timeout_s,
             # look for such abandoned messages (SIGKILLed worker) every 10 s, not every 100 s
-            "unacked_restore_interval": 10,
+            # (sooner with a shorter timeout, or the scan interval would dominate it)
+            "unacked_restore_interval": min(10, settings.visibility_timeout_s),
             "unacked_restore_throttle": 1,
             "global_keyprefix": broker_key_prefix(settings),
             # a broker that vanishes without closing the socket must fail a call, not hang it

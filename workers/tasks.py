@@ -41,7 +41,14 @@ def process_chunk(self: Task, job_id: str, chunk_index: int) -> str:
         if self.request.retries >= MAX_RETRIES:
             return _fail(ctx, job_id, "redis_unavailable", f"chunk {chunk_index}: Redis unavailable: {exc}")
         log_event(log, "chunk_retry", level=30, job_id=job_id, chunk=chunk_index, error=type(exc).__name__)
-        raise self.retry(exc=exc, countdown=BACKOFF_S * 2**self.request.retries) from None
+        raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries, ctx)) from None
+
+
+def retry_countdown(retries: int, ctx: WorkerContext) -> float:
+    """Exponential backoff, kept under half the visibility timeout: the Redis transport
+    redelivers a countdown message the worker holds longer than that timeout, and every
+    such duplicate would count toward MAX_DELIVERIES."""
+    return min(BACKOFF_S * 2**retries, ctx.settings.visibility_timeout_s / 2)
 
 
 def run_chunk(ctx: WorkerContext, job_id: str, index: int) -> str:
@@ -92,7 +99,8 @@ def _skipped(ctx: WorkerContext, job_id: str, index: int, skip: ChunkSkip) -> st
 
 
 def _fail(ctx: WorkerContext, job_id: str, code: str, message: str, details: dict[str, Any] | None = None) -> str:
-    log_event(log, "job_failed", level=30, job_id=job_id, code=code, error=message)
+    # the message stays in the job record for its owner: it may quote an item of the payload
+    log_event(log, "job_failed", level=30, job_id=job_id, code=code)
     with contextlib.suppress(*UNAVAILABLE_ERRORS):  # then nothing can record it; the job's keys expire
         ctx.store.fail(job_id, code, message, details)
     return "failed"

@@ -15,6 +15,7 @@ Celery app from `workers.celery_app`, which imports neither.
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 import time
 import zlib
@@ -63,6 +64,7 @@ RETRY_AFTER_QUEUE_FULL_S = 30
 MAX_LINE_BYTES = 8 << 20  # one sequence line; a body without newlines must not grow a buffer forever
 INFLATE_STEP = 1 << 20  # decompress at most this much per step, so a gzip bomb is noticed early
 MAX_INFLATION = 16  # decompressed bytes allowed per received byte of settings.max_body_bytes
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the alphabet of secrets.token_urlsafe
 # where a sequence came from, for error messages: ("line", n) in NDJSON (from 1), ("sequence", k) in JSON (from 0)
 Where = tuple[str, int]
 
@@ -137,7 +139,8 @@ def _job_response(job: JobRecord, request: Request, status_code: int, **headers:
 
 async def owned_job(store: JobStore, job_id: str, caller: str) -> JobRecord:
     """The caller's job; someone else's job is indistinguishable from a missing one."""
-    job = await store.get(job_id) if len(job_id) <= 64 else None
+    # only ids we could have issued reach Redis: '<id>:tries' would name another key of the job
+    job = await store.get(job_id) if _JOB_ID.fullmatch(job_id) else None
     if job is None or not hmac.compare_digest(job.owner.encode(), caller.encode()):
         raise ApiError("job_not_found", f"no job {job_id[:64]!r} (it may have expired)", {"job_id": job_id[:64]})
     return job
