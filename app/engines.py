@@ -6,10 +6,12 @@ weights, checksum mismatch, ...) is recorded as a failure that /readyz and /mode
 report; it never stops the process, so one bad upload cannot take down the models
 that did load.
 
-Decoding is CPU/GPU-bound: `Engines.run` sends it to a worker thread, gated by a
-capacity limiter, so the event loop keeps answering health checks and other
-requests meanwhile. That one seam is also where micro-batching of concurrent
-requests plugs in later.
+Decoding is CPU/GPU-bound: `Engines.regenerate` sends it to a worker thread, so the
+event loop keeps answering health checks and other requests meanwhile. Concurrent
+calls to one model are micro-batched there (app/batching.py: one decoder per model,
+calls that arrive while it is busy are decoded together); with
+TAESAR_MICROBATCH_MAX_WAIT_MS=0 each call is decoded alone through `Engines.run`,
+at most `decode_threads` at a time.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
+from app import metrics
+from app.batching import BatchPolicy, Finish, MicroBatcher
 from app.errors import ApiError
 from app.logging import get_logger, log_event
 from app.settings import Settings
@@ -60,14 +64,30 @@ class Engine:
 
         return regenerate_external(self.regenerator, sequences, target, unknown_items=unknown_items, options=options)
 
+    def check_known(self, sequences: list[list[str]]) -> None:
+        """Raise the UnknownItemError that `regenerate(..., unknown_items="error")` would
+        raise for these sequences (same message and details), without decoding."""
+        from models.errors import UnknownItemError
+
+        get = self.catalogue.get
+        for k, seq in enumerate(sequences):
+            for j, item in enumerate(seq):
+                if get(item) is None:
+                    raise UnknownItemError(
+                        f"unknown item {item!r} at position {j} of sequence {k}",
+                        {"item": str(item), "sequence": k, "position": j},
+                    )
+
 
 @dataclass
 class Engines:
     engines: dict[str, Engine]
     failures: list[LoadFailure] = field(default_factory=list)
-    # created lazily: a CapacityLimiter must be made inside the running event loop
     decode_threads: int = 1
+    batch_policy: BatchPolicy | None = None  # None: no micro-batching
+    # created lazily: a CapacityLimiter (and a batcher's event) belongs to the running event loop
     _limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)
+    _batchers: dict[str, MicroBatcher] = field(default_factory=dict, repr=False)
 
     @property
     def names(self) -> list[str]:
@@ -115,6 +135,40 @@ class Engines:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.decode_threads)
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._limiter)
+
+    async def regenerate(
+        self,
+        engine: Engine,
+        target: str,
+        options: Any,
+        sequences: list[list[str | int]],
+        *,
+        unknown_items: str,
+        finish: Finish,
+    ) -> Any:
+        """Decode `sequences` (external ids) off the event loop; return `finish(results)`,
+        which also runs in the decode thread (rendering a large answer is work too)."""
+        if self.batch_policy is None:
+            return await self.run(decode_alone, engine, target, options, sequences, unknown_items, finish)
+        batcher = self._batchers.get(engine.name)
+        if batcher is None:
+            batcher = self._batchers[engine.name] = MicroBatcher(engine, self.batch_policy)
+        return await batcher.submit(target, options, sequences, unknown_items=unknown_items, finish=finish)
+
+    def batcher(self, name: str) -> MicroBatcher | None:
+        """The micro-batcher of model `name`, once it has had a call (tests, diagnostics)."""
+        return self._batchers.get(name)
+
+
+def decode_alone(
+    engine: Engine, target: str, options: Any, sequences: list[list[str | int]], unknown_items: str, finish: Finish
+) -> Any:
+    """One call, one engine batch: the path without micro-batching (in a worker thread)."""
+    strings = [[str(i) for i in s] for s in sequences]
+    started = time.perf_counter()
+    results = engine.regenerate(strings, target, unknown_items=unknown_items, options=options)
+    metrics.observe_decode(engine.name, time.perf_counter() - started)
+    return finish(results)
 
 
 def resolve_device(device: str) -> str:
@@ -178,7 +232,18 @@ def load_engines(settings: Settings) -> Engines:
             continue
         engines[path.name] = Engine(path.name, path, b.manifest, b.catalogue, regenerator, device)
         log_event(log, "model_loaded", model=path.name, device=device, seconds=round(time.perf_counter() - started, 3))
-    return Engines(engines, failures, decode_threads=settings.decode_threads)
+    return Engines(engines, failures, decode_threads=settings.decode_threads, batch_policy=batch_policy(settings))
+
+
+def batch_policy(settings: Settings) -> BatchPolicy | None:
+    if settings.microbatch_max_wait_ms <= 0:
+        return None
+    return BatchPolicy(
+        max_wait_s=settings.microbatch_max_wait_ms / 1000,
+        max_sequences=settings.microbatch_max_sequences,
+        max_queued_sequences=settings.microbatch_max_queued_sequences,
+        decoders=settings.decode_threads,
+    )
 
 
 def warm_up(regenerator: Any, catalogue: Any) -> None:

@@ -37,7 +37,22 @@ LATENCY = Histogram(
 SEQUENCES = Counter("taesar_sequences_total", "Sequences regenerated", ["source", "model", "target"])
 DECISIONS = Counter("taesar_decisions_total", "Per-item decisions", ["source", "model", "target", "action"])
 DECODE_SECONDS = Histogram(
-    "taesar_decode_duration_seconds", "Engine time of one /regenerate call", ["model"], buckets=_LATENCY_BUCKETS
+    "taesar_decode_duration_seconds",
+    "Engine time of one /regenerate batch (one call, or several micro-batched)",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+MICROBATCH_CALLS = Histogram(
+    "taesar_microbatch_calls",
+    "/regenerate calls joined into one engine batch",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+MICROBATCH_SEQUENCES = Histogram(
+    "taesar_microbatch_sequences",
+    "Sequences in one engine batch of /regenerate calls",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )
 DECODE_INFLIGHT = Gauge("taesar_decode_inflight", "/regenerate calls decoding or waiting for a decode thread")
 QUEUE_DEPTH = Gauge("taesar_queue_depth", "Sequences queued for workers and not finished yet")
@@ -68,6 +83,11 @@ def observe_decisions(source: str, model: str, target: str, sequences: int, stat
 
 def observe_decode(model: str, seconds: float) -> None:
     DECODE_SECONDS.labels(model).observe(seconds)
+
+
+def observe_batch(model: str, calls: int, sequences: int) -> None:
+    MICROBATCH_CALLS.labels(model).observe(calls)
+    MICROBATCH_SEQUENCES.labels(model).observe(sequences)
 
 
 def set_queue_depth(sequences: int) -> None:

@@ -21,17 +21,30 @@ class Settings(BaseSettings):
     # comma-separated; empty disables authentication (local development only)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     chunk_size: int = Field(500, ge=1, le=100_000, description="sequences per queued task")
-    visibility_timeout_s: int = Field(3600, ge=60)
+    # must exceed one chunk's decode time, or chunks are decoded twice (results still count
+    # once) and each extra delivery counts toward the poison limit; retry countdowns are
+    # capped below it (workers.tasks). The floor is low so the fault tests can see a killed
+    # worker's chunk come back in seconds; production keeps the default.
+    visibility_timeout_s: int = Field(3600, ge=5)
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
     max_sequences_per_request: int = Field(1000, ge=1)
     max_pending_sequences: int = Field(5_000_000, ge=1)
     max_items_per_sequence: int = Field(10_000, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="for /jobs uploads; /regenerate uses 1/8")
     decode_batch_size: int = Field(256, ge=1)
-    # threads decoding /regenerate requests at once; more than 1 only pays off with spare
-    # CPU cores beyond torch's own intra-op threads (or several GPUs)
+    # threads decoding /regenerate requests at once (per model with micro-batching); more than
+    # 1 only pays off with spare CPU cores beyond torch's own intra-op threads (or several GPUs)
     decode_threads: int = Field(1, ge=1, le=64)
     memory_budget_mb: int = Field(256, ge=16)
+    # micro-batching of concurrent /regenerate calls (app/batching.py); 0 disables it and
+    # decodes every call on its own
+    microbatch_max_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="longest a call waits for company while calls are concurrent"
+    )
+    microbatch_max_sequences: int = Field(64, ge=1, description="sequences joined into one engine batch at most")
+    microbatch_max_queued_sequences: int = Field(
+        10_000, ge=1, description="sequences waiting for a decoder, per model; 429 queue_full above it"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "INFO"
 

@@ -3,13 +3,13 @@
 The handler only checks limits and picks the engine; decoding, the conversion to
 output records (the same `models.output` code `taesar regenerate` writes with) and
 the JSON encoding all run in a worker thread, so a large answer never stalls the
-event loop either.
+event loop either. Concurrent calls are micro-batched on the way (app/batching.py).
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response
@@ -131,15 +131,11 @@ def decode_options(options: RegenerateOptions) -> Any:
     )
 
 
-def render(engine: Engine, body: RegenerateRequest, options: Any) -> tuple[bytes, dict[str, int]]:
-    """Decode and encode the response (runs in a worker thread): (JSON bytes, totals)."""
+def render(engine: Engine, body: RegenerateRequest, results: list[Any]) -> tuple[bytes, dict[str, int]]:
+    """Encode the engine's results as the response (runs in the decode thread): (JSON bytes, totals)."""
     from models.output import to_output_line
 
-    sequences = [[str(i) for i in s.items] for s in body.sequences]
     target = body.target_domain
-    started = time.perf_counter()
-    results = engine.regenerate(sequences, target, unknown_items=body.options.unknown_items, options=options)
-    metrics.observe_decode(engine.name, time.perf_counter() - started)
     # the very dicts `taesar regenerate` writes as JSONL lines, not a re-validated copy:
     # equal output by construction, and no second pass over a large answer
     lines = [
@@ -155,7 +151,9 @@ def render(engine: Engine, body: RegenerateRequest, options: Any) -> tuple[bytes
     response_model=RegenerateResponse,
     summary="Regenerate sequences into one target domain",
     description="Every item gets keep / replace / discard. At most `TAESAR_MAX_SEQUENCES_PER_REQUEST` "
-    "sequences (413 above it: use POST /jobs) of at most `TAESAR_MAX_ITEMS_PER_SEQUENCE` items (422).",
+    "sequences (413 above it: use POST /jobs) of at most `TAESAR_MAX_ITEMS_PER_SEQUENCE` items (422). "
+    "Concurrent calls are decoded together (micro-batching); 429 `queue_full` with `Retry-After` when "
+    "more than `TAESAR_MICROBATCH_MAX_QUEUED_SEQUENCES` sequences already wait for the model.",
     responses={
         200: {"content": {"application/json": {"example": _RESPONSE_EXAMPLE}}},
         **error_responses(
@@ -167,6 +165,7 @@ def render(engine: Engine, body: RegenerateRequest, options: Any) -> tuple[bytes
             "validation_error",
             "unknown_item",
             "unknown_domain",
+            "queue_full",
             "model_not_ready",
         ),
     },
@@ -181,6 +180,13 @@ async def regenerate_sequences(
     engine = engines.get(body.model)
     engine.catalogue.domain_index(body.target_domain)  # 422 unknown_domain before waiting for a thread
     with metrics.DECODE_INFLIGHT.track_inprogress():
-        content, totals = await engines.run(render, engine, body, options)
+        content, totals = await engines.regenerate(
+            engine,
+            body.target_domain,
+            options,
+            [s.items for s in body.sequences],
+            unknown_items=body.options.unknown_items,
+            finish=functools.partial(render, engine, body),
+        )
     metrics.observe_decisions("sync", engine.name, body.target_domain, len(body.sequences), totals)
     return Response(content, media_type="application/json")
