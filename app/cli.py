@@ -206,7 +206,6 @@ Device = Annotated[str, typer.Option(help="auto picks CUDA when available")]
 def _run_pretrain(
     data: Path, bundle: Path, epochs: int, adapt_epochs: int, seed: int, device: str, holdout: int | None = None
 ) -> Path:
-    from models.bundle import save_bundle
     from models.data import load_dataset
     from models.pretrain import TrainConfig, pretrain
 
@@ -218,16 +217,7 @@ def _run_pretrain(
     started = time.perf_counter()
     with progress_bars() as bars:
         result = pretrain(ds, cfg, progress=bars)
-    path = save_bundle(
-        bundle,
-        catalogue=ds.catalogue,
-        model_config=result.model_config,
-        mixed=result.mixed,
-        experts=result.experts,
-        data_fingerprint=ds.fingerprint,
-        metrics=result.metrics,
-        training=result.training,
-    )
+    path = result.save(bundle, ds)
     _print_metrics(result.metrics)
     out.print(f"bundle written to {path} in {time.perf_counter() - started:.0f} s")
     return path

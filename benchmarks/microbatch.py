@@ -110,7 +110,6 @@ def find_or_train_bundle(given: Path | None, work: Path) -> Path:
     if (DEFAULT_BUNDLE / "manifest.json").is_file():
         return DEFAULT_BUNDLE
     print("no bundle given and none at /tmp/run1/bundle: training a small one", file=sys.stderr)
-    from models.bundle import save_bundle
     from models.data import PrepConfig, prepare
     from models.pretrain import TrainConfig, pretrain
     from models.sasrec import SASRecConfig
@@ -120,16 +119,7 @@ def find_or_train_bundle(given: Path | None, work: Path) -> Path:
     ds = prepare(log, PrepConfig(max_len=64), source="synthetic")
     model = SASRecConfig(n_items=ds.catalogue.n_items, max_len=64, hidden=64, n_layers=2, n_heads=2, inner=64)
     result = pretrain(ds, TrainConfig(epochs=3, adapt_epochs=1, batch_size=64, device="cpu"), model_config=model)
-    return save_bundle(
-        work / "synthetic",
-        catalogue=ds.catalogue,
-        model_config=result.model_config,
-        mixed=result.mixed,
-        experts=result.experts,
-        data_fingerprint=ds.fingerprint,
-        metrics=result.metrics,
-        training=result.training,
-    )
+    return result.save(work / "synthetic", ds)
 
 
 # -- load -------------------------------------------------------------------------------

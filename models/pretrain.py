@@ -27,12 +27,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.bundle import save_bundle
 from models.data import Dataset, eval_points, train_part
 from models.metrics import DEFAULT_KS, rank_of_targets, summarize
 from models.sasrec import PAD, SASRec, SASRecConfig
@@ -77,6 +79,19 @@ class PretrainResult:
     best_epoch: int
     timings: dict[str, float]  # seconds per phase
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per mixed epoch
+
+    def save(self, path: str | Path, dataset: Dataset) -> Path:
+        """Write these models as a bundle for `dataset` (its catalogue and fingerprint)."""
+        return save_bundle(
+            path,
+            catalogue=dataset.catalogue,
+            model_config=self.model_config,
+            mixed=self.mixed,
+            experts=self.experts,
+            data_fingerprint=dataset.fingerprint,
+            metrics=self.metrics,
+            training=self.training,
+        )
 
     @property
     def training(self) -> dict[str, Any]:

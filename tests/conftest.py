@@ -39,7 +39,6 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory, tiny_log_csv: Path) -> P
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
     """Small but really trained: max_len 16 so the sliding-context path is exercised."""
-    from models.bundle import save_bundle
     from models.data import load_dataset
     from models.pretrain import TrainConfig, pretrain
     from models.sasrec import SASRecConfig
@@ -48,16 +47,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Pa
     model = SASRecConfig(n_items=ds.catalogue.n_items, max_len=16, hidden=32, n_layers=1, n_heads=2, inner=32)
     cfg = TrainConfig(epochs=30, patience=5, adapt_epochs=5, lr=3e-3, batch_size=32, seed=7, device="cpu")
     result = pretrain(ds, cfg, model_config=model)
-    return save_bundle(
-        tmp_path_factory.mktemp("bundle") / "tiny",
-        catalogue=ds.catalogue,
-        model_config=result.model_config,
-        mixed=result.mixed,
-        experts=result.experts,
-        data_fingerprint=ds.fingerprint,
-        metrics=result.metrics,
-        training=result.training,
-    )
+    return result.save(tmp_path_factory.mktemp("bundle") / "tiny", ds)
 
 
 @pytest.fixture(scope="module", autouse=True)
