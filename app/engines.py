@@ -30,6 +30,7 @@ from app import metrics
 from app.batching import BatchPolicy, Finish, MicroBatcher
 from app.errors import ApiError
 from app.logging import get_logger, log_event
+from app.schemas import RegenerateOptions
 from app.settings import Settings
 
 log = get_logger("engines")
@@ -260,3 +261,32 @@ def warm_up(regenerator: Any, catalogue: Any) -> None:
 def _clip(text: str, limit: int = 200) -> str:
     """Echo at most `limit` characters of caller input in messages."""
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def decode_options(options: RegenerateOptions) -> Any:
+    """The request options as the engine's DecodeOptions (shared by /regenerate, /jobs and workers)."""
+    from models.decoding import DecodeOptions
+
+    a = options.ablations
+    if a.no_global and a.no_local:
+        raise ApiError(
+            "validation_error",
+            "ablations no_global and no_local together leave no score to decide with",
+            {
+                "errors": [
+                    {
+                        "loc": ["body", "options", "ablations"],
+                        "msg": "no_global and no_local exclude each other",
+                        "type": "value_error",
+                    }
+                ],
+                "count": 1,
+            },
+        )
+    return DecodeOptions(
+        no_adaptation=a.no_adaptation,
+        no_source_experts=a.no_source_experts,
+        no_global=a.no_global,
+        no_local=a.no_local,
+        explain_top_k=options.explain_top_k if options.explain else 0,
+    )

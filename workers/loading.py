@@ -120,7 +120,7 @@ def decode_chunk(
 ) -> ChunkOutput:
     """Decode one chunk into its NDJSON and RecBole bytes, with the line writers of
     `taesar regenerate` (models.output). `should_stop` is asked between decode batches."""
-    from app.routes.regenerate import decode_options
+    from app.engines import decode_options
     from app.schemas import RegenerateOptions
     from models.decoding import regenerate_external
     from models.errors import UnknownItemError

@@ -431,7 +431,7 @@ def _job_spec(
     engines: Engines, caller: str, model: str | None, target: str, options: RegenerateOptions
 ) -> tuple[JobSpec, Engine]:
     """Resolve the model and check the target domain now, not in a worker later."""
-    from app.routes.regenerate import decode_options
+    from app.engines import decode_options
 
     engine = engines.get(model)
     engine.catalogue.domain_index(target)  # UnknownDomainError -> 422 unknown_domain

@@ -16,10 +16,10 @@ from fastapi import APIRouter, Body, Response
 
 from app import metrics
 from app.deps import EnginesDep, SettingsDep
-from app.engines import Engine
+from app.engines import Engine, decode_options
 from app.errors import ApiError
 from app.routes import error_responses
-from app.schemas import RegenerateOptions, RegenerateRequest, RegenerateResponse
+from app.schemas import RegenerateRequest, RegenerateResponse
 from app.settings import Settings
 
 router = APIRouter(tags=["regenerate"])
@@ -101,34 +101,6 @@ def check_limits(body: RegenerateRequest, settings: Settings) -> None:
             f"body.sequences.{too_long[0][0]}.items: {errors[0]['msg']}",
             {"errors": errors, "count": len(too_long)},
         )
-
-
-def decode_options(options: RegenerateOptions) -> Any:
-    from models.decoding import DecodeOptions
-
-    a = options.ablations
-    if a.no_global and a.no_local:
-        raise ApiError(
-            "validation_error",
-            "ablations no_global and no_local together leave no score to decide with",
-            {
-                "errors": [
-                    {
-                        "loc": ["body", "options", "ablations"],
-                        "msg": "no_global and no_local exclude each other",
-                        "type": "value_error",
-                    }
-                ],
-                "count": 1,
-            },
-        )
-    return DecodeOptions(
-        no_adaptation=a.no_adaptation,
-        no_source_experts=a.no_source_experts,
-        no_global=a.no_global,
-        no_local=a.no_local,
-        explain_top_k=options.explain_top_k if options.explain else 0,
-    )
 
 
 def render(engine: Engine, body: RegenerateRequest, results: list[Any]) -> tuple[bytes, dict[str, int]]:
