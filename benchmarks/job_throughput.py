@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 p.terminate()
             for p in procs:
                 p.wait(timeout=60)
-            _delete_prefix(args.redis_url, prefix)
+            delete_prefix(args.redis_url, prefix)
         cli_ok = [c for c in cli_runs if isinstance(c, float)]
         cli_s: float | str = min(cli_ok) if cli_ok else str(cli_runs[-1])
         engine_s = min(engine_runs)
@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def _delete_prefix(url: str, prefix: str) -> None:
+def delete_prefix(url: str, prefix: str) -> None:
+    """This run's keys only: the job store's and kombu's, all under `prefix:`."""
     import redis
 
     r = redis.Redis.from_url(url)

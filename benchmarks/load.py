@@ -42,6 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a plain script from a checkout
 
+from benchmarks.job_throughput import delete_prefix  # noqa: E402
 from benchmarks.microbatch import (  # noqa: E402
     CLIENTS,
     Run,
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 batching = {"calls": batcher.calls, "batches": batcher.batches} if batcher is not None else None
         finally:
             stop_worker(worker)
-            _delete_prefix(args.redis_url, prefix)
+            delete_prefix(args.redis_url, prefix)
 
     regenerate = summarize(run, args.clients)
     job["sequences"] = args.job_sequences
@@ -243,16 +244,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
     return 0 if ok else 1
-
-
-def _delete_prefix(url: str, prefix: str) -> None:
-    """This run's keys only: the job store's and kombu's, all under `prefix:`."""
-    import redis
-
-    r = redis.Redis.from_url(url)
-    keys = list(r.scan_iter(f"{prefix}:*", count=1000))
-    for start in range(0, len(keys), 1000):
-        r.delete(*keys[start : start + 1000])
 
 
 if __name__ == "__main__":

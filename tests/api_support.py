@@ -19,6 +19,17 @@ from app.settings import Settings
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+def delete_prefix(prefix: str, url: str = REDIS_URL) -> None:
+    """Delete this test's keys (everything under `prefix:`) and nothing else: the Redis is shared."""
+    import redis
+
+    r = redis.Redis.from_url(url)
+    keys = list(r.scan_iter(f"{prefix}:*", count=1000))
+    for start in range(0, len(keys), 1000):
+        r.delete(*keys[start : start + 1000])
+    r.close()
+
+
 def model_dir_with(bundle: Path, root: Path, name: str = "tiny") -> Path:
     """A TAESAR_MODEL_DIR holding a copy of `bundle` under `name`."""
     folder = root / "models"

@@ -22,7 +22,7 @@ import redis
 
 from app.errors import STATUS_BY_CODE
 from app.schemas import ErrorResponse
-from tests.api_support import REDIS_URL, api_client, model_dir_with, settings_for
+from tests.api_support import REDIS_URL, api_client, delete_prefix, model_dir_with, settings_for
 
 pytestmark = pytest.mark.anyio
 
@@ -75,11 +75,7 @@ async def env(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory, catal
             assert r.status_code == 202, r.text
             yield Env(client, catalogue, prefix, r.json()["id"])
     finally:
-        r = redis.Redis.from_url(REDIS_URL)
-        keys = list(r.scan_iter(f"{prefix}:*", count=1000))
-        if keys:
-            r.delete(*keys)
-        r.close()
+        delete_prefix(prefix)
 
 
 Body = Callable[[dict[str, Any]], Any]
@@ -546,11 +542,7 @@ async def bounded(tiny_bundle: Path, tmp_path: Path) -> AsyncIterator[tuple[http
         async with api_client(settings) as client:
             yield client, prefix
     finally:
-        r = redis.Redis.from_url(REDIS_URL)
-        keys = list(r.scan_iter(f"{prefix}:*", count=1000))
-        if keys:
-            r.delete(*keys)
-        r.close()
+        delete_prefix(prefix)
 
 
 def pending(prefix: str) -> int:

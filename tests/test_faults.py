@@ -30,7 +30,7 @@ import httpx
 import pytest
 import redis
 
-from tests.api_support import REDIS_URL, api_client, model_dir_with, settings_for
+from tests.api_support import REDIS_URL, api_client, delete_prefix, model_dir_with, settings_for
 
 pytestmark = pytest.mark.anyio
 
@@ -44,11 +44,6 @@ START_TIMEOUT_S = 90
 # restore path is the same at any value, so the test uses a short one (see the settings
 # comment and docs/reliability.md for why a short value is safe, only wasteful).
 VISIBILITY_TIMEOUT_S = 5
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -165,14 +160,6 @@ def _pings(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.RedisError:
         return False
-
-
-def delete_prefix(prefix: str, url: str = REDIS_URL) -> None:
-    r = redis.Redis.from_url(url)
-    keys = list(r.scan_iter(f"{prefix}:*", count=1000))
-    for start in range(0, len(keys), 1000):
-        r.delete(*keys[start : start + 1000])
-    r.close()
 
 
 # -- data and polling ------------------------------------------------------------------------

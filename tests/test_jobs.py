@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from app.settings import Settings
-from tests.api_support import REDIS_URL, api_client, closed_port_url, model_dir_with, settings_for
+from tests.api_support import REDIS_URL, api_client, closed_port_url, delete_prefix, model_dir_with, settings_for
 from workers.main import worker_argv
 
 pytestmark = pytest.mark.anyio
@@ -36,24 +36,6 @@ KEY_B = {"X-API-Key": "key-b"}
 NDJSON = {"Content-Type": "application/x-ndjson"}
 CHUNK = 500
 JOB_TIMEOUT_S = 90
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def _delete_prefix(prefix: str) -> None:
-    r = redis.Redis.from_url(REDIS_URL)
-    keys = list(r.scan_iter(f"{prefix}:*", count=1000))
-    for start in range(0, len(keys), 1000):
-        r.delete(*keys[start : start + 1000])
-    r.close()
-
-
-@pytest.fixture(scope="module")
-def catalogue(tiny_bundle: Path) -> dict[str, Any]:
-    return json.loads((tiny_bundle / "manifest.json").read_text())["catalogue"]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +83,7 @@ def worker(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
-        _delete_prefix(prefix)
+        delete_prefix(prefix)
 
 
 @pytest.fixture
@@ -109,7 +91,7 @@ def idle_prefix() -> Iterator[str]:
     """A prefix no worker listens to: its jobs stay queued."""
     prefix = f"test-idle-{uuid.uuid4().hex[:8]}"
     yield prefix
-    _delete_prefix(prefix)
+    delete_prefix(prefix)
 
 
 def job_settings(model_dir: Path, prefix: str, **overrides: Any) -> Settings:

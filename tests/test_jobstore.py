@@ -25,8 +25,8 @@ from app.jobstore import (
     encode_chunk,
     pending_key,
 )
+from tests.api_support import REDIS_URL, delete_prefix
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 TTL = 600
 STATS = {"kept": 1, "replaced": 2, "discarded": 3}
 
@@ -35,11 +35,7 @@ STATS = {"kept": 1, "replaced": 2, "discarded": 3}
 def prefix() -> Iterator[str]:
     name = f"taesar-test-{uuid.uuid4().hex[:10]}"
     yield name
-    r = redis.Redis.from_url(REDIS_URL)
-    keys = list(r.scan_iter(f"{name}:*", count=1000))
-    if keys:
-        r.delete(*keys)
-    r.close()
+    delete_prefix(name)
 
 
 def run(coro):

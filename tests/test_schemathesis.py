@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import schemathesis
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
@@ -30,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.main import create_app
-from tests.api_support import REDIS_URL, model_dir_with, settings_for
+from tests.api_support import delete_prefix, model_dir_with, settings_for
 
 KEY = "fuzz-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -66,11 +65,7 @@ def schema(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     # schemathesis runs the app's lifespan (models, Redis client) on its own event loop
     yield schemathesis.openapi.from_asgi("/openapi.json", app)
     schemathesis_asgi.shutdown_lifespans()
-    r = redis.Redis.from_url(REDIS_URL)
-    keys = list(r.scan_iter(f"{prefix}:*", count=1000))
-    for start in range(0, len(keys), 1000):
-        r.delete(*keys[start : start + 1000])
-    r.close()
+    delete_prefix(prefix)
 
 
 def test_fuzzing_the_whole_schema_finds_no_5xx_and_no_undocumented_answer(schema: Any, catalogue: dict) -> None:

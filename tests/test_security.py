@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from app.deps import caller_id
-from tests.api_support import REDIS_URL, api_client, model_dir_with, settings_for
+from tests.api_support import REDIS_URL, api_client, delete_prefix, model_dir_with, settings_for
 
 pytestmark = pytest.mark.anyio
 
@@ -41,11 +41,7 @@ def model_dir(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def prefix() -> Iterator[str]:
     p = f"test-security-{uuid.uuid4().hex[:8]}"
     yield p
-    r = redis.Redis.from_url(REDIS_URL)
-    keys = list(r.scan_iter(f"{p}:*", count=1000))
-    if keys:
-        r.delete(*keys)
-    r.close()
+    delete_prefix(p)
 
 
 @pytest.fixture

@@ -27,11 +27,6 @@ from workers.main import worker_argv
 
 
 @pytest.fixture(scope="module")
-def catalogue(tiny_bundle: Path) -> dict[str, Any]:
-    return json.loads((tiny_bundle / "manifest.json").read_text())["catalogue"]
-
-
-@pytest.fixture(scope="module")
 def model_dir(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return model_dir_with(tiny_bundle, tmp_path_factory.mktemp("worker"))
 
