@@ -455,6 +455,13 @@ Variants = Annotated[
 ]
 Seeds = Annotated[int, typer.Option(help="downstream seeds per variant")]
 Patience = Annotated[int, typer.Option(help="downstream early stopping patience (validation NDCG@10)")]
+Jobs = Annotated[
+    int,
+    typer.Option(
+        help="downstream trainings run at once, each in its own process with --threads / jobs torch threads "
+        "(numbers depend on that thread count only)"
+    ),
+]
 
 
 def _split_list(value: str) -> list[str]:
@@ -471,12 +478,15 @@ def _eval_config(
     epochs: int,
     patience: int,
     device: str,
+    jobs: int = 1,
 ) -> Any:
+    import torch
+
     from models.downstream import DownstreamConfig
     from models.evaluation import VARIANTS, EvalConfig
 
-    if seeds < 1 or epochs < 1 or patience < 1:
-        raise TaesarError("--seeds, --epochs and --patience must be at least 1")
+    if seeds < 1 or epochs < 1 or patience < 1 or jobs < 1:
+        raise TaesarError("--seeds, --epochs, --patience and --jobs must be at least 1")
     chosen = list(VARIANTS) if variants.strip() == "all" else _split_list(variants)
     return EvalConfig(
         targets=tuple(targets),
@@ -485,6 +495,8 @@ def _eval_config(
         seeds=tuple(seed + i for i in range(seeds)),
         holdout=holdout,
         downstream=DownstreamConfig(epochs=epochs, patience=patience, device=_device(device)),
+        jobs=jobs,
+        job_threads=max(1, torch.get_num_threads() // jobs),
     )
 
 
@@ -496,8 +508,16 @@ def _run_evaluation(ds: Any, cfg: Any, engine: Any, run: Path, extra: dict) -> N
     from models.evaluation import run_evaluation
     from models.report import write_report
 
+    log = run / "trainings.jsonl"  # one line per finished training, as they finish
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+
+    def on_result(row: dict) -> None:
+        with log.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
     with progress_bars() as bars:
-        evaluation = run_evaluation(ds, cfg, engine, progress=bars)
+        evaluation = run_evaluation(ds, cfg, engine, progress=bars, on_result=on_result)
     paths = write_report(evaluation, run, extra=extra)
     _print_summary(evaluation.report)
     out.print(f"report: {paths[2]}  ({len(paths) - 3} figures)")
@@ -549,6 +569,11 @@ def pipeline(
     variants: Variants = "sim,full,new,random",
     seeds: Seeds = 1,
     patience: Patience = 10,
+    jobs: Jobs = 1,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(help="use this bundle (trained on --data with this holdout) instead of pretraining one"),
+    ] = None,
     evaluate: Annotated[
         bool, typer.Option("--evaluate/--no-evaluate", help="train and compare downstream models")
     ] = True,
@@ -557,16 +582,23 @@ def pipeline(
     from models.bundle import load_bundle
     from models.data import load_dataset
     from models.decoding import Regenerator
+    from models.evaluation import check_bundle
 
     started = time.perf_counter()
     ds = load_dataset(data)
     chosen = _parse_targets(targets, ds.catalogue)
     holdout = holdout or ds.options["holdout"]
     eval_cfg = (
-        _eval_config(chosen, backbones, variants, seeds, seed, holdout, epochs, patience, device) if evaluate else None
+        _eval_config(chosen, backbones, variants, seeds, seed, holdout, epochs, patience, device, jobs)
+        if evaluate
+        else None
     )
-    bundle_dir = _run_pretrain(data, run / "bundle", epochs, adapt_epochs, seed, device, holdout)
+    if bundle is None:
+        bundle_dir = _run_pretrain(data, run / "bundle", epochs, adapt_epochs, seed, device, holdout)
+    else:
+        bundle_dir = bundle
     b = load_bundle(bundle_dir, device=_device(device))
+    check_bundle(b.manifest, ds, holdout)
     engine = Regenerator(b.catalogue, b.mixed, b.experts, device=_device(device))
     records, total = _records(data, None, "train", b.catalogue, holdout)
     counts: dict[str, dict[str, int]] = {}
@@ -577,7 +609,7 @@ def pipeline(
         )
         counts[target]["file"] = str(path.relative_to(run))  # type: ignore[assignment]
     _print_counts(counts)
-    summary: dict[str, Any] = {"data": str(data), "holdout": holdout, "targets": counts}
+    summary: dict[str, Any] = {"data": str(data), "bundle": str(bundle_dir), "holdout": holdout, "targets": counts}
     if eval_cfg is not None:
         _run_evaluation(ds, eval_cfg, engine, run, {"command": _command_line()})
         summary["report"] = "report.json"
@@ -611,6 +643,7 @@ def evaluate(
     holdout: HoldoutEval = None,
     epochs: Annotated[int, typer.Option(help="max epochs per downstream model (early stopping)")] = 200,
     patience: Patience = 10,
+    jobs: Jobs = 1,
     device: Device = "auto",
 ) -> None:
     """Train downstream models on each training set of one target domain and compare them."""
@@ -620,7 +653,7 @@ def evaluate(
     ds = load_dataset(data)
     ds.catalogue.domain_index(target)
     holdout = holdout or ds.options["holdout"]
-    cfg: EvalConfig = _eval_config([target], backbones, variants, seeds, seed, holdout, epochs, patience, device)
+    cfg: EvalConfig = _eval_config([target], backbones, variants, seeds, seed, holdout, epochs, patience, device, jobs)
     engine = _engine_for(bundle, ds, holdout, device)
     _run_evaluation(ds, cfg, engine, run, {"command": _command_line()})
 

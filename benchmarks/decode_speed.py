@@ -163,6 +163,7 @@ def compare(world: World, seqs: list[list[int]], engine_n: list[int], batch_size
         "actions": _actions(eng),
         "engine_larger": [],
     }
+    row["floor"] = exact_work_floor(world, eng, ref_wall, ref_cpu, n)
     _print_compare(row)
     length = max(len(s) for s in seqs)
     for big in engine_n:
@@ -174,6 +175,39 @@ def compare(world: World, seqs: list[list[int]], engine_n: list[int], batch_size
         row["engine_larger"].append(entry)
         print(f"  engine on {big} sequences: {big / wall:8.2f} seq/s  (wall {wall:.1f}s, cpu {cpu:.1f}s)")
     return row
+
+
+@torch.inference_mode()
+def exact_work_floor(world: World, results: list[Regenerated], ref_wall: float, ref_cpu: float, n: int) -> dict:
+    """The work no exact engine can skip, timed alone: for each decided source position,
+    the three logit vectors over all V items (z = h W^T for the mixed model, the source
+    expert and the target expert) and their softmax normalisers (logsumexp), since every
+    p_i, alpha_i and beta_i depends on every logit. Transformer forwards and the rest of
+    the rule are left out, so this is a lower bound on the engine's time and
+    reference / floor an upper bound on any exact engine's speedup."""
+    q = sum(1 for r in results for d in r.decisions if d.domain != world.catalogue.domain_index(world.target))
+    weights = [m.item_weights() for m in (world.mixed, world.experts[world.target], world.mixed)]
+    hidden = torch.randn(256, weights[0].shape[1])
+
+    def work(normalise: bool) -> None:
+        for lo in range(0, q, 256):
+            h = hidden[: min(256, q - lo)]
+            for w in weights:
+                z = h @ w.T  # (r, V)
+                if normalise:
+                    torch.logsumexp(z, dim=-1)
+
+    out: dict = {"source_positions": q}
+    for name, normalise in (("logits", False), ("logits_logsumexp", True)):
+        _, wall, cpu, _ = timed(lambda normalise=normalise: work(normalise))
+        out[name] = {
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "seq_per_s": n / wall,
+            "max_speedup_wall": ref_wall / wall,
+            "max_speedup_cpu": ref_cpu / cpu,
+        }
+    return out
 
 
 def _actions(results: list[Regenerated]) -> dict[str, int]:
@@ -190,6 +224,13 @@ def _print_compare(row: dict) -> None:
     print(f"  reference: {r['seq_per_s']:8.2f} seq/s  (wall {r['wall_s']:.1f}s, cpu {r['cpu_s']:.1f}s)")
     print(f"  engine   : {e['seq_per_s']:8.2f} seq/s  (wall {e['wall_s']:.1f}s, cpu {e['cpu_s']:.1f}s)")
     print(f"  speedup  : {row['speedup_wall']:.1f}x wall, {row['speedup_cpu']:.1f}x cpu")
+    f = row["floor"]
+    for name, label in (("logits", "3 logit vectors"), ("logits_logsumexp", "+ their logsumexp")):
+        print(
+            f"  floor    : {f[name]['seq_per_s']:8.2f} seq/s, {label} of {f['source_positions']} source positions "
+            f"alone: an exact engine stays under {f[name]['max_speedup_wall']:.1f}x wall, "
+            f"{f[name]['max_speedup_cpu']:.1f}x cpu"
+        )
     same = "identical" if row["identical"] else f"{row['mismatched_decisions']} MISMATCHED"
     print(f"  decisions: {row['decisions']} ({same}); {row['actions']}")
 

@@ -24,9 +24,11 @@ paired bootstrap of (variant - sim) per point. Both use fixed seeds, so reports 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,8 @@ class EvalConfig:
     min_test_points: int = 500  # comparisons on fewer test points are flagged
     n_boot: int = 2000
     data_seed: int = 0  # the random baselines' draws
+    jobs: int = 1  # downstream trainings run at once, each in its own process when > 1
+    job_threads: int = 1  # torch threads of each such process
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]
@@ -98,6 +102,8 @@ class EvalConfig:
             raise DataError("choose at least one target, backbone, variant and seed")
         if self.holdout < 1 or self.n_boot < 100:
             raise DataError("holdout must be >= 1 and n_boot >= 100")
+        if self.jobs < 1 or self.job_threads < 1:
+            raise DataError("jobs and job_threads must be at least 1")
 
     @property
     def needs_decoding(self) -> bool:
@@ -435,8 +441,10 @@ def run_evaluation(
     cfg: EvalConfig,
     regenerator: Regenerator | None = None,
     progress: ProgressFn | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> Evaluation:
-    """Train every (target, backbone, variant, seed) and collect the report's data."""
+    """Train every (target, backbone, variant, seed) and collect the report's data.
+    on_result gets each training's row as soon as it finishes (a long run's log)."""
     started = time.perf_counter()
     cat = dataset.catalogue
     for t in cfg.targets:
@@ -444,8 +452,7 @@ def run_evaluation(
     if cfg.needs_decoding and regenerator is None:
         raise DataError(f"variants {[v for v in cfg.variants if v in _DECODED]} need a bundle to decode with")
     parts = [train_part(np.asarray(s, dtype=np.int64), cfg.holdout) for s in dataset.sequences]
-    results: list[dict[str, Any]] = []
-    ranks: dict[tuple[str, str, str, int], np.ndarray] = {}
+    tasks: list[_Task] = []
     per_target: dict[str, Any] = {}
     for target in cfg.targets:
         split = domain_split(dataset.sequences, cat, target, cfg.holdout, cfg.downstream.max_len)
@@ -454,12 +461,16 @@ def run_evaluation(
         )
         original = domain_train_sequences(dataset.sequences, cat, target, cfg.holdout)
         per_target[target] = _target_info(split, sets, original, cat, cfg)
-        for backbone in cfg.backbones:
-            for variant in cfg.variants:
-                for seed in cfg.seeds:
-                    row, r = _train_one(split, sets[variant], cat, backbone, seed, cfg, progress)
-                    results.append(row)
-                    ranks[(target, backbone, variant, seed)] = r
+        light = {v: replace(t, regenerated=None) for v, t in sets.items()}  # what a training needs
+        tasks += [
+            _Task(split, light[variant], cat.n_items, backbone, seed)
+            for backbone in cfg.backbones
+            for variant in cfg.variants
+            for seed in cfg.seeds
+        ]
+    outcomes = _run_tasks(tasks, cfg, progress, on_result)
+    results = [row for row, _ in outcomes]  # in task order, whatever order they finished in
+    ranks = {(r["target"], r["backbone"], r["variant"], r["seed"]): rk for r, rk in outcomes}
     summary = summarize_results(results, ranks, n_boot=cfg.n_boot, min_test_points=cfg.min_test_points)
     report = {
         "format": "taesar-report",
@@ -479,6 +490,8 @@ def run_evaluation(
             "variants": list(cfg.variants),
             "seeds": list(cfg.seeds),
             "data_seed": cfg.data_seed,
+            "jobs": cfg.jobs,
+            "job_threads": cfg.job_threads if cfg.jobs > 1 else None,
             "downstream": cfg.downstream.to_dict(),
         },
         "targets": per_target,
@@ -509,23 +522,78 @@ def _target_info(
     return info
 
 
-def _train_one(
-    split: DomainSplit,
-    tset: TrainingSet,
-    cat: Catalogue,
-    backbone: str,
-    seed: int,
+@dataclass(frozen=True)
+class _Task:
+    """One downstream training: everything it needs, and nothing heavy (no decisions)."""
+
+    split: DomainSplit
+    tset: TrainingSet
+    n_items: int
+    backbone: str
+    seed: int
+
+    @property
+    def cost(self) -> int:
+        """Rough relative cost (training positions x softmax width), to start long ones first."""
+        width = self.n_items if self.tset.mixed else self.split.span[1] - self.split.span[0]
+        return sum(len(s) for s in self.tset.sequences) * (width + 256)
+
+
+def _run_tasks(
+    tasks: Sequence[_Task],
     cfg: EvalConfig,
     progress: ProgressFn | None,
-) -> tuple[dict[str, Any], np.ndarray]:
-    train_span = (0, cat.n_items) if tset.mixed else split.span
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """Run every training, in this process (jobs=1, epoch-level progress) or in a pool of
+    `jobs` processes with `job_threads` torch threads each. Each training is seeded on its
+    own, so the numbers depend on the thread count of the process that ran it, never on
+    which process or in what order: jobs=1 under --threads 1 equals jobs=N with 1 thread each.
+    The pool starts its processes with `spawn` (a forked child of a process whose OpenMP
+    threads already ran can hang)."""
+    report = on_result or (lambda row: None)
+    if cfg.jobs == 1 or len(tasks) < 2:
+        serial = []
+        for t in tasks:
+            serial.append(_train_task(t, cfg, progress))
+            report(serial[-1][0])
+        return serial
+    out: list[tuple[dict[str, Any], np.ndarray] | None] = [None] * len(tasks)
+    order = sorted(range(len(tasks)), key=lambda k: -tasks[k].cost)  # longest first: less idle tail
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(cfg.jobs, mp_context=ctx, initializer=_job_init, initargs=(cfg.job_threads,)) as pool:
+        futures = {pool.submit(_train_task, tasks[k], cfg, None): k for k in order}
+        for done, fut in enumerate(as_completed(futures), 1):
+            row, ranks = fut.result()
+            out[futures[fut]] = (row, ranks)
+            report(row)
+            if progress:
+                label = f"{row['target']}/{row['backbone']}/{row['variant']}/seed {row['seed']}"
+                progress(
+                    f"train ({cfg.jobs} jobs)",
+                    done,
+                    len(tasks),
+                    {"done": label, "NDCG@10": row["metrics"]["NDCG@10"], "s": row["seconds"]},
+                )
+    return [o for o in out if o is not None]
+
+
+def _job_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _train_task(task: _Task, cfg: EvalConfig, progress: ProgressFn | None) -> tuple[dict[str, Any], np.ndarray]:
+    split, tset, n_items, backbone, seed = task.split, task.tset, task.n_items, task.backbone, task.seed
+    train_span = (0, n_items) if tset.mixed else split.span
     rows = next_item_rows(tset.sequences, cfg.downstream.max_len, train_span)
     res = train_downstream(
         rows,
         split.valid,
         split.test,
         backbone=backbone,
-        n_items=cat.n_items,
+        n_items=n_items,
         train_span=train_span,
         eval_span=split.span,
         cfg=cfg.downstream,

@@ -143,3 +143,32 @@ def test_pipeline_regenerates_the_chosen_targets_and_writes_a_summary(
     for stats in summary["targets"].values():
         assert (run / stats["file"]).is_file()
         assert stats["sequences"] == len(load_dataset(data).user_ids)
+
+
+def test_pipeline_reuses_a_given_bundle_and_logs_each_training(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, bundle = trained
+    run = tmp_path / "run"
+    code, output = invoke(
+        "pipeline", "--data", data, "--out", run, "--bundle", bundle, "--targets", "z", "--variants", "sim,new",
+        "--epochs", 1, "--jobs", 2,
+    )  # fmt: skip
+    assert code == 0, output
+    assert not (run / "bundle").exists()  # nothing pretrained
+    assert json.loads((run / "summary.json").read_text())["bundle"] == str(bundle)
+    logged = read_lines(run / "trainings.jsonl")
+    report = json.loads((run / "report.json").read_text())
+    assert sorted(r["variant"] for r in logged) == ["new", "sim"]  # in the order they finished
+    assert sorted(json.dumps(r, sort_keys=True) for r in logged) == sorted(
+        json.dumps(r, sort_keys=True) for r in report["results"]
+    )
+    assert report["config"]["jobs"] == 2
+
+
+def test_pipeline_refuses_a_bundle_trained_on_other_data(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    _, bundle = trained
+    log = tmp_path / "other.csv"
+    make_log(DOMAINS, n_users=30, seed=4).to_csv(log, index=False)
+    code, output = invoke("data", "import", "--interactions", log, "--out", tmp_path / "other")
+    assert code == 0, output
+    code, output = invoke("pipeline", "--data", tmp_path / "other", "--out", tmp_path / "run", "--bundle", bundle)
+    assert code == 2 and "data fingerprints differ" in output

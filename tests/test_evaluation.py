@@ -217,6 +217,32 @@ def test_run_evaluation_repeats_exactly_with_the_same_seeds() -> None:
     assert a.report["targets"]["a"]["n_test"] == row["n_test"]
 
 
+def test_parallel_jobs_give_the_numbers_of_a_serial_run(one_torch_thread: None) -> None:
+    """--jobs N runs each training in a spawned process with 1 thread: same rows, in the
+    same order, as one process with 1 thread, whatever order the processes finish in."""
+    ds = _dataset(n_users=24)
+    base = {
+        "targets": ("a", "b"),
+        "backbones": ("sasrec", "gru4rec"),
+        "variants": ("sim", "full", "new"),
+        "seeds": (0, 1),
+        "holdout": 2,
+        "downstream": TINY_DS,
+        "n_boot": 200,
+    }
+    serial = run_evaluation(ds, EvalConfig(**base), _regenerator())  # type: ignore[arg-type]
+    parallel = run_evaluation(ds, EvalConfig(**base, jobs=2, job_threads=1), _regenerator())  # type: ignore[arg-type]
+    assert len(serial.report["results"]) == 2 * 2 * 3 * 2
+    for rs, rp in zip(serial.report["results"], parallel.report["results"], strict=True):
+        assert {**rs, "seconds": 0} == {**rp, "seconds": 0}
+    assert serial.report["summary"] == parallel.report["summary"]
+    for key, ranks in serial.ranks.items():
+        np.testing.assert_array_equal(ranks, parallel.ranks[key])
+    assert parallel.report["config"]["jobs"] == 2 and parallel.report["config"]["job_threads"] == 1
+    with pytest.raises(DataError, match="jobs"):
+        EvalConfig(targets=("a",), jobs=0)
+
+
 def test_unknown_variants_and_backbones_are_refused() -> None:
     with pytest.raises(DataError, match="unknown variant"):
         EvalConfig(targets=("a",), variants=("sim", "bogus"))
