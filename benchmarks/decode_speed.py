@@ -9,7 +9,7 @@ identical) and on a larger set. Then a memory check: the streaming engine on gro
 numbers of sequences, whose peak RSS should not grow with the count.
 
   python benchmarks/decode_speed.py                      # scenario (b) + memory check
-  python benchmarks/decode_speed.py --bundle runs/ml100k/bundle --target Comedy
+  python benchmarks/decode_speed.py --bundle runs/ml100k/bundle --data data/ml100k --target comedy
 
 Wall time on a shared machine is noisy, so process CPU time is reported too; the
 ratio is given for both.
@@ -82,6 +82,16 @@ def random_sequences(catalogue: Catalogue, n: int, length: int, seed: int) -> It
     rng = np.random.default_rng(seed)
     for _ in range(n):
         yield rng.integers(0, catalogue.n_items, size=length).tolist()
+
+
+def dataset_sequences(catalogue: Catalogue, path: str) -> list[list[int]]:
+    """The training part of every user of a prepared dataset (what `taesar regenerate --data` decodes)."""
+    from models.data import load_dataset, train_part
+
+    ds = load_dataset(path)
+    if ds.catalogue != catalogue:
+        raise SystemExit(f"{path} is not the dataset of this bundle (catalogues differ)")
+    return [train_part(np.asarray(s, dtype=np.int64), ds.options["holdout"]).tolist() for s in ds.sequences]
 
 
 def file_sequences(catalogue: Catalogue, path: str) -> list[list[int]]:
@@ -262,6 +272,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", help="scenario (a): a bundle folder")
     p.add_argument("--sequences", help="JSONL of {'items': [external ids]} for the bundle scenario")
+    p.add_argument("--data", help="prepared dataset: its users' training parts for the bundle scenario")
     p.add_argument("--target", help="target domain for the bundle scenario (default: its first domain)")
     p.add_argument("--skip-synthetic", action="store_true", help="skip scenario (b)")
     p.add_argument("--items", type=int, default=200_000)
@@ -294,11 +305,12 @@ def main() -> None:
     }
     if args.bundle:
         world = bundle_world(args.bundle, args.target)
-        seqs = (
-            file_sequences(world.catalogue, args.sequences)
-            if args.sequences
-            else list(random_sequences(world.catalogue, args.ref_n, args.length, seed=0))
-        )
+        if args.data:
+            seqs = dataset_sequences(world.catalogue, args.data)
+        elif args.sequences:
+            seqs = file_sequences(world.catalogue, args.sequences)
+        else:
+            seqs = list(random_sequences(world.catalogue, args.ref_n, args.length, seed=0))
         report["scenarios"].append(compare(world, seqs[: args.ref_n], args.engine_n, args.batch_size, args.budget_mb))
     if not args.skip_synthetic:
         world = synthetic_world(args.items, args.domains, args.hidden, args.max_len, seed=0)
