@@ -455,6 +455,13 @@ Variants = Annotated[
 ]
 Seeds = Annotated[int, typer.Option(help="downstream seeds per variant")]
 Patience = Annotated[int, typer.Option(help="downstream early stopping patience (validation NDCG@10)")]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        "--resume/--no-resume",
+        help="reuse the trainings already in RUN/trainings.jsonl whose data, config, seed and threads match",
+    ),
+]
 Jobs = Annotated[
     int,
     typer.Option(
@@ -504,23 +511,43 @@ def _command_line() -> str:
     return " ".join(["taesar", *sys.argv[1:]])
 
 
-def _run_evaluation(ds: Any, cfg: Any, engine: Any, run: Path, extra: dict) -> None:
-    from models.evaluation import run_evaluation
+def _run_evaluation(ds: Any, cfg: Any, engine: Any, run: Path, extra: dict, resume: bool = False) -> None:
+    from models.evaluation import Finished, run_evaluation
     from models.report import write_report
 
     log = run / "trainings.jsonl"  # one line per finished training, as they finish
+    finished = _read_run_log(log) if resume else {}
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("")
+    # rewritten with the readable lines only, so that a line cut short by a kill cannot
+    # swallow the next one
+    log.write_text("".join(json.dumps(d.to_json()) + "\n" for d in finished.values()), encoding="utf-8")
 
-    def on_result(row: dict) -> None:
+    def on_result(done: Finished) -> None:
         with log.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(done.to_json()) + "\n")
 
     with progress_bars() as bars:
-        evaluation = run_evaluation(ds, cfg, engine, progress=bars, on_result=on_result)
+        evaluation = run_evaluation(ds, cfg, engine, progress=bars, on_result=on_result, finished=finished)
     paths = write_report(evaluation, run, extra=extra)
     _print_summary(evaluation.report)
     out.print(f"report: {paths[2]}  ({len(paths) - 3} figures)")
+
+
+def _read_run_log(path: Path) -> dict:
+    """fingerprint -> Finished from an earlier run's trainings.jsonl; a line cut short by a
+    killed run (or any line that does not parse) is skipped, and that training reruns."""
+    from models.evaluation import Finished
+
+    if not path.is_file():
+        return {}
+    finished = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            done = Finished.from_json(json.loads(line))
+        except (ValueError, KeyError, TypeError):
+            continue
+        finished[done.fingerprint] = done
+    return finished
 
 
 def _print_summary(report: dict) -> None:
@@ -570,6 +597,7 @@ def pipeline(
     seeds: Seeds = 1,
     patience: Patience = 10,
     jobs: Jobs = 1,
+    resume: Resume = False,
     bundle: Annotated[
         Path | None,
         typer.Option(help="use this bundle (trained on --data with this holdout) instead of pretraining one"),
@@ -611,7 +639,7 @@ def pipeline(
     _print_counts(counts)
     summary: dict[str, Any] = {"data": str(data), "bundle": str(bundle_dir), "holdout": holdout, "targets": counts}
     if eval_cfg is not None:
-        _run_evaluation(ds, eval_cfg, engine, run, {"command": _command_line()})
+        _run_evaluation(ds, eval_cfg, engine, run, {"command": _command_line()}, resume)
         summary["report"] = "report.json"
     summary["wall_time_s"] = round(time.perf_counter() - started, 1)
     (run / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
@@ -644,6 +672,7 @@ def evaluate(
     epochs: Annotated[int, typer.Option(help="max epochs per downstream model (early stopping)")] = 200,
     patience: Patience = 10,
     jobs: Jobs = 1,
+    resume: Resume = False,
     device: Device = "auto",
 ) -> None:
     """Train downstream models on each training set of one target domain and compare them."""
@@ -655,7 +684,7 @@ def evaluate(
     holdout = holdout or ds.options["holdout"]
     cfg: EvalConfig = _eval_config([target], backbones, variants, seeds, seed, holdout, epochs, patience, device, jobs)
     engine = _engine_for(bundle, ds, holdout, device)
-    _run_evaluation(ds, cfg, engine, run, {"command": _command_line()})
+    _run_evaluation(ds, cfg, engine, run, {"command": _command_line()}, resume)
 
 
 export_app = typer.Typer(no_args_is_help=True, help="Export training sets for other frameworks.")

@@ -23,10 +23,12 @@ paired bootstrap of (variant - sim) per point. Both use fixed seeds, so reports 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import multiprocessing
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -50,6 +52,7 @@ __all__ = [
     "DomainSplit",
     "EvalConfig",
     "Evaluation",
+    "Finished",
     "TrainingSet",
     "build_training_sets",
     "check_bundle",
@@ -441,10 +444,14 @@ def run_evaluation(
     cfg: EvalConfig,
     regenerator: Regenerator | None = None,
     progress: ProgressFn | None = None,
-    on_result: Callable[[dict[str, Any]], None] | None = None,
+    on_result: Callable[[Finished], None] | None = None,
+    finished: Mapping[str, Finished] | None = None,
 ) -> Evaluation:
     """Train every (target, backbone, variant, seed) and collect the report's data.
-    on_result gets each training's row as soon as it finishes (a long run's log)."""
+
+    on_result gets each training as soon as it finishes (a long run's log); `finished`
+    holds trainings of an earlier run by fingerprint, which are reused instead of rerun
+    when their fingerprint (training data, points, config, seed, threads) matches."""
     started = time.perf_counter()
     cat = dataset.catalogue
     for t in cfg.targets:
@@ -468,7 +475,19 @@ def run_evaluation(
             for variant in cfg.variants
             for seed in cfg.seeds
         ]
-    outcomes = _run_tasks(tasks, cfg, progress, on_result)
+    threads = cfg.job_threads if cfg.jobs > 1 else _torch_threads()
+    prints = [t.fingerprint(cfg.downstream, threads) for t in tasks]
+    reuse = {k: finished[fp] for k, fp in enumerate(prints) if finished and fp in finished}
+    todo = [k for k in range(len(tasks)) if k not in reuse]
+    if reuse and progress:
+        progress("reused from the run log", len(reuse), len(tasks), {})
+
+    def done(k: int, row: dict[str, Any], r: np.ndarray) -> None:
+        if on_result:
+            on_result(Finished(prints[todo[k]], row, r))
+
+    ran = dict(zip(todo, _run_tasks([tasks[k] for k in todo], cfg, progress, done), strict=True))
+    outcomes = [(reuse[k].row, reuse[k].ranks) if k in reuse else ran[k] for k in range(len(tasks))]
     results = [row for row, _ in outcomes]  # in task order, whatever order they finished in
     ranks = {(r["target"], r["backbone"], r["variant"], r["seed"]): rk for r, rk in outcomes}
     summary = summarize_results(results, ranks, n_boot=cfg.n_boot, min_test_points=cfg.min_test_points)
@@ -496,6 +515,7 @@ def run_evaluation(
         },
         "targets": per_target,
         "results": results,
+        "reused_trainings": len(reuse),
         "summary": summary,
         "wall_time_s": round(time.perf_counter() - started, 1),
     }
@@ -538,12 +558,65 @@ class _Task:
         width = self.n_items if self.tset.mixed else self.split.span[1] - self.split.span[0]
         return sum(len(s) for s in self.tset.sequences) * (width + 256)
 
+    def fingerprint(self, downstream: DownstreamConfig, threads: int) -> str:
+        """sha256 of everything the training's numbers depend on: its rows, the valid and
+        test points, the model and training config, the seed, and torch's version and
+        thread count (float sums differ across thread counts)."""
+        import torch
+
+        h = hashlib.sha256()
+        meta = {
+            "v": 1,
+            "backbone": self.backbone,
+            "seed": self.seed,
+            "n_items": self.n_items,
+            "mixed": self.tset.mixed,
+            "span": list(self.split.span),
+            "downstream": downstream.to_dict(),
+            "torch": torch.__version__,
+            "threads": threads,
+        }
+        h.update(json.dumps(meta, sort_keys=True).encode())
+        for group in (self.tset.sequences, self.split.valid.histories, self.split.test.histories):
+            h.update(len(group).to_bytes(8, "little"))
+            for seq in group:
+                a = np.ascontiguousarray(seq, dtype=np.int64)
+                h.update(len(a).to_bytes(8, "little") + a.tobytes())
+        for targets in (self.split.valid.targets, self.split.test.targets):
+            h.update(np.ascontiguousarray(targets, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One finished training as the run log keeps it: its fingerprint, report row and
+    test ranks (JSON: a miss, rank +inf, is written as null)."""
+
+    fingerprint: str
+    row: dict[str, Any]
+    ranks: np.ndarray
+
+    def to_json(self) -> dict[str, Any]:
+        ranks = [None if not math.isfinite(r) else float(r) for r in self.ranks.tolist()]
+        return {"fingerprint": self.fingerprint, "row": self.row, "test_ranks": ranks}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Finished:
+        ranks = np.array([math.inf if r is None else float(r) for r in obj["test_ranks"]], dtype=np.float64)
+        return cls(str(obj["fingerprint"]), dict(obj["row"]), ranks)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
 
 def _run_tasks(
     tasks: Sequence[_Task],
     cfg: EvalConfig,
     progress: ProgressFn | None,
-    on_result: Callable[[dict[str, Any]], None] | None = None,
+    on_result: Callable[[int, dict[str, Any], np.ndarray], None] | None = None,
 ) -> list[tuple[dict[str, Any], np.ndarray]]:
     """Run every training, in this process (jobs=1, epoch-level progress) or in a pool of
     `jobs` processes with `job_threads` torch threads each. Each training is seeded on its
@@ -551,12 +624,12 @@ def _run_tasks(
     which process or in what order: jobs=1 under --threads 1 equals jobs=N with 1 thread each.
     The pool starts its processes with `spawn` (a forked child of a process whose OpenMP
     threads already ran can hang)."""
-    report = on_result or (lambda row: None)
-    if cfg.jobs == 1 or len(tasks) < 2:
+    report = on_result or (lambda k, row, ranks: None)
+    if cfg.jobs == 1:
         serial = []
-        for t in tasks:
+        for k, t in enumerate(tasks):
             serial.append(_train_task(t, cfg, progress))
-            report(serial[-1][0])
+            report(k, *serial[-1])
         return serial
     out: list[tuple[dict[str, Any], np.ndarray] | None] = [None] * len(tasks)
     order = sorted(range(len(tasks)), key=lambda k: -tasks[k].cost)  # longest first: less idle tail
@@ -566,7 +639,7 @@ def _run_tasks(
         for done, fut in enumerate(as_completed(futures), 1):
             row, ranks = fut.result()
             out[futures[fut]] = (row, ranks)
-            report(row)
+            report(futures[fut], row, ranks)
             if progress:
                 label = f"{row['target']}/{row['backbone']}/{row['variant']}/seed {row['seed']}"
                 progress(

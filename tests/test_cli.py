@@ -155,7 +155,7 @@ def test_pipeline_reuses_a_given_bundle_and_logs_each_training(trained: tuple[Pa
     assert code == 0, output
     assert not (run / "bundle").exists()  # nothing pretrained
     assert json.loads((run / "summary.json").read_text())["bundle"] == str(bundle)
-    logged = read_lines(run / "trainings.jsonl")
+    logged = [line["row"] for line in read_lines(run / "trainings.jsonl")]
     report = json.loads((run / "report.json").read_text())
     assert sorted(r["variant"] for r in logged) == ["new", "sim"]  # in the order they finished
     assert sorted(json.dumps(r, sort_keys=True) for r in logged) == sorted(
@@ -172,3 +172,29 @@ def test_pipeline_refuses_a_bundle_trained_on_other_data(trained: tuple[Path, Pa
     assert code == 0, output
     code, output = invoke("pipeline", "--data", tmp_path / "other", "--out", tmp_path / "run", "--bundle", bundle)
     assert code == 2 and "data fingerprints differ" in output
+
+
+def test_evaluate_resumes_from_its_run_log_and_skips_a_line_cut_short(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, _ = trained
+    run = tmp_path / "run"
+    args = ["evaluate", "--data", data, "--out", run, "--target", "z", "--variants", "sim,full", "--epochs", 1]
+    code, output = invoke(*args, "--seeds", 2)
+    assert code == 0, output
+    first = json.loads((run / "report.json").read_text())
+    lines = (run / "trainings.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    # a kill in the middle of writing the last line; one more seed asked for
+    (run / "trainings.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
+    code, output = invoke(*args, "--seeds", 3, "--resume")
+    assert code == 0, output
+    second = json.loads((run / "report.json").read_text())
+    assert second["reused_trainings"] == 3  # the cut line and the new seed were trained
+    assert [json.loads(x) for x in (run / "trainings.jsonl").read_text().splitlines()][:3] == [
+        json.loads(x) for x in lines[:3]
+    ]
+    again = {(r["variant"], r["seed"]): r for r in second["results"]}
+    for r in first["results"]:  # retrained or reused, the same numbers
+        assert {**again[(r["variant"], r["seed"])], "seconds": 0} == {**r, "seconds": 0}
+    assert len(second["results"]) == 6

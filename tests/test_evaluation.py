@@ -21,6 +21,7 @@ from models.evaluation import (
     METRICS,
     VARIANTS,
     EvalConfig,
+    Finished,
     build_training_sets,
     check_bundle,
     decision_breakdown,
@@ -241,6 +242,38 @@ def test_parallel_jobs_give_the_numbers_of_a_serial_run(one_torch_thread: None) 
     assert parallel.report["config"]["jobs"] == 2 and parallel.report["config"]["job_threads"] == 1
     with pytest.raises(DataError, match="jobs"):
         EvalConfig(targets=("a",), jobs=0)
+
+
+def test_finished_trainings_are_reused_only_when_their_fingerprint_matches(one_torch_thread: None) -> None:
+    ds = _dataset(n_users=24)
+    cfg = EvalConfig(targets=("a",), variants=("sim", "new"), seeds=(0, 1), holdout=2, downstream=TINY_DS, n_boot=200)
+    log: list[Finished] = []
+    full = run_evaluation(ds, cfg, _regenerator(), on_result=log.append)
+    assert len(log) == 4
+    again: list[Finished] = []
+    half = {d.fingerprint: d for d in log[:2]}
+    resumed = run_evaluation(ds, cfg, _regenerator(), on_result=again.append, finished=half)
+    assert len(again) == 2 and {d.fingerprint for d in again} == {d.fingerprint for d in log[2:]}
+    assert resumed.report["reused_trainings"] == 2
+    assert resumed.report["results"][:2] == full.report["results"][:2]  # reused rows keep even their seconds
+    for a, b in zip(resumed.report["results"], full.report["results"], strict=True):
+        assert {**a, "seconds": 0} == {**b, "seconds": 0}
+    for key, ranks in full.ranks.items():
+        np.testing.assert_array_equal(ranks, resumed.ranks[key])
+    # another decoding (other expert weights) changes `new`'s rows: only `sim` is reused
+    other: list[Finished] = []
+    run_evaluation(ds, cfg, _regenerator(seed=1), on_result=other.append, finished={d.fingerprint: d for d in log})
+    assert sorted(d.row["variant"] for d in other) == ["new", "new"]
+    # another training config: nothing is reused
+    longer = EvalConfig(**{**cfg.__dict__, "downstream": DownstreamConfig(**{**TINY_DS.__dict__, "epochs": 3})})
+    fresh: list[Finished] = []
+    run_evaluation(ds, longer, _regenerator(), on_result=fresh.append, finished={d.fingerprint: d for d in log})
+    assert len(fresh) == 4
+    # JSON round trip keeps misses (+inf) and rows
+    d = Finished(log[0].fingerprint, log[0].row, np.array([1.0, np.inf, 3.5]))
+    back = Finished.from_json(json.loads(json.dumps(d.to_json())))
+    assert back.row == d.row and back.fingerprint == d.fingerprint
+    np.testing.assert_array_equal(back.ranks, d.ranks)
 
 
 def test_unknown_variants_and_backbones_are_refused() -> None:
