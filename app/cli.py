@@ -6,6 +6,7 @@ go to stderr so stdout stays clean for tables and pipes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -322,6 +323,13 @@ def regenerate(
     split: Annotated[str, typer.Option(help="with --data: train (no valid/test items) | full")] = "train",
     unknown_items: Annotated[str, typer.Option(help="error | drop (reason unknown_item)")] = "error",
     ablation: Ablation = None,
+    drop_repeats: Annotated[
+        bool,
+        typer.Option(
+            "--drop-repeats/--keep-repeats",
+            help="discard a replacement already anywhere in the row (not in METHOD.md; for logs without repeats)",
+        ),
+    ] = False,
     device: Device = "auto",
     batch_size: int = 256,
     memory_budget_mb: int = 256,
@@ -333,7 +341,7 @@ def regenerate(
     _check_choice("--format", fmt, ("jsonl", "recbole"))
     _check_choice("--split", split, ("train", "full"))
     _check_choice("--unknown-items", unknown_items, ("error", "drop"))
-    options = _decode_options(ablation)
+    options = dataclasses.replace(_decode_options(ablation), drop_repeats=drop_repeats)
     b = load_bundle(bundle, device=_device(device))
     b.catalogue.domain_index(target)
     records, total = _records(data, input_file, split, b.catalogue)

@@ -195,6 +195,11 @@ class DecodeOptions:
     no_global: bool = False  # always go local
     no_local: bool = False  # replace with the global argmax when it is a target item
     explain_top_k: int = 0  # > 0: attach top-k global/local candidates to every decided item
+    # not in METHOD.md: discard a replacement that repeats any item already in the output
+    # row (reason "repeat"), not only the previous one. Logs where a user meets an item
+    # once (ratings, purchases) never repeat, but the rule often picks the same popular
+    # target item for many positions of one row (docs/results/ml100k.md).
+    drop_repeats: bool = False
 
     def __post_init__(self) -> None:
         if self.no_global and self.no_local:
@@ -210,7 +215,7 @@ class Decision:
     domain: int | None  # domain index
     action: Action
     replacement: int | None  # dense id; kept on a "duplicate" discard for transparency
-    reason: str | None  # "global_not_target" | "no_context" | "duplicate" | "unknown_item"
+    reason: str | None  # "global_not_target" | "no_context" | "duplicate" | "repeat" | "unknown_item"
     explain: dict | None = None  # {"global": [(id, g), ...], "local": [(id, l), ...]}
 
 
@@ -230,11 +235,16 @@ def assemble(
     raw: Sequence[int],
     target: int,
     explain: Mapping[int, dict] | None = None,
+    *,
+    drop_repeats: bool = False,
 ) -> Regenerated:
     """Post-processing of METHOD.md §3 for one sequence. raw[j] is the replacing dense
     id of a source item at j, -1 for a discard, NO_CONTEXT at position 0 (ignored for
-    target items). Consecutive duplicates collapse; the later copy is discarded."""
+    target items). Consecutive duplicates collapse; the later copy is discarded. With
+    drop_repeats, a replacement already anywhere in the output is discarded too (target
+    items are always kept)."""
     sequence: list[int] = []
+    emitted: set[int] = set()
     decisions: list[Decision] = []
     for j, (item, dom, r) in enumerate(zip(items, domains, raw, strict=True)):
         item, dom, r = int(item), int(dom), int(r)
@@ -247,8 +257,11 @@ def assemble(
             action, out, replacement = "discard", None, None
         if out is not None and sequence and sequence[-1] == out:
             action, out, reason = "discard", None, "duplicate"
+        elif drop_repeats and action == "replace" and out in emitted:
+            action, out, reason = "discard", None, "repeat"
         if out is not None:
             sequence.append(out)
+            emitted.add(out)
         decisions.append(Decision(j, item, dom, action, replacement, reason, explain.get(j) if explain else None))
     return Regenerated(sequence, decisions, _stats(decisions))
 
@@ -423,7 +436,9 @@ class Regenerator:
         for k in range(len(seqs)):
             lo, hi = int(b.seq_start[k]), int(b.seq_start[k + 1])
             ex = dict(enumerate(explain[lo:hi])) if explain else None
-            results.append(assemble(b.flat[lo:hi], b.domain[lo:hi], raw[lo:hi], target, ex))
+            results.append(
+                assemble(b.flat[lo:hi], b.domain[lo:hi], raw[lo:hi], target, ex, drop_repeats=options.drop_repeats)
+            )
         return results
 
     def _decide_queries(

@@ -60,4 +60,7 @@ def reference_regenerate(
             )  # (B,) the released code scores every row, then masks
             raw[rows, t] = choice[rows].numpy()
 
-    return [assemble(s, domain[r, : len(s)], raw[r, : len(s)], t_dom) for r, s in enumerate(sequences)]
+    return [
+        assemble(s, domain[r, : len(s)], raw[r, : len(s)], t_dom, drop_repeats=options.drop_repeats)
+        for r, s in enumerate(sequences)
+    ]

@@ -15,6 +15,8 @@ For one target domain T and leave-N-out holdout N:
   random_matched  like random, but only where Taesar replaced (its discards kept),
           which isolates the quality of the chosen replacements
   no_adaptation | no_source_experts | no_global | no_local  `new` with one decoding ablation
+  new_norepeat  `new` without replacements that repeat an item already in the row (not
+          in METHOD.md; DecodeOptions.drop_repeats)
 - every variant is evaluated on the same points, so comparisons are paired per point.
 
 Uncertainty: a 95% percentile-bootstrap CI over test points for every metric, and a
@@ -74,8 +76,15 @@ ABLATIONS: dict[str, DecodeOptions] = {
     "no_global": DecodeOptions(no_global=True),
     "no_local": DecodeOptions(no_local=True),
 }
-VARIANTS: tuple[str, ...] = ("sim", "full", "new", "random", "random_matched", *ABLATIONS)
-_DECODED = {"new": DecodeOptions(), "random_matched": DecodeOptions(), **ABLATIONS}  # variant -> decoding used
+# new_norepeat is not in METHOD.md: `new` whose replacements never repeat an item already
+# in the row (DecodeOptions.drop_repeats); see docs/results/ml100k.md
+VARIANTS: tuple[str, ...] = ("sim", "full", "new", "random", "random_matched", *ABLATIONS, "new_norepeat")
+_DECODED = {
+    "new": DecodeOptions(),
+    "random_matched": DecodeOptions(),
+    **ABLATIONS,
+    "new_norepeat": DecodeOptions(drop_repeats=True),
+}  # variant -> decoding used
 # (phase, step, total, info), as pretrain.ProgressFn
 ProgressFn = Callable[[str, int, int, dict], None]
 

@@ -198,3 +198,31 @@ def test_evaluate_resumes_from_its_run_log_and_skips_a_line_cut_short(
     for r in first["results"]:  # retrained or reused, the same numbers
         assert {**again[(r["variant"], r["seed"])], "seconds": 0} == {**r, "seconds": 0}
     assert len(second["results"]) == 6
+
+
+def test_drop_repeats_leaves_no_replacement_that_repeats_an_item_of_its_row(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, bundle = trained
+    plain, once = tmp_path / "plain.jsonl", tmp_path / "once.jsonl"
+    # no_global: every source item goes local and is replaced, so rows do repeat themselves
+    base = ["regenerate", "--bundle", bundle, "--target", "z", "--data", data, "--ablation", "no_global"]
+    assert invoke(*base, "--out", plain)[0] == 0
+    code, output = invoke(*base, "--out", once, "--drop-repeats")
+    assert code == 0, output
+    repeats = 0
+    for a, b in zip(read_lines(plain), read_lines(once), strict=True):
+        seen: set[str] = set()
+        for d in b["decisions"]:
+            out = d.get("replacement") if d["action"] == "replace" else d["item"] if d["action"] == "keep" else None
+            if d["action"] == "replace":
+                assert out not in seen
+            if out is not None:
+                seen.add(out)
+        repeats += sum(d.get("reason") == "repeat" for d in b["decisions"])
+        # the same rule decided: the option only turns some replacements into discards
+        replaced = {d["position"]: d["replacement"] for d in a["decisions"] if d["action"] == "replace"}
+        for d in b["decisions"]:
+            if d["action"] == "replace" or d.get("reason") == "repeat":
+                assert replaced.get(d["position"], d["replacement"]) == d["replacement"]
+    assert repeats > 0

@@ -17,6 +17,7 @@ from models.decoding import (
     DecodeOptions,
     Regenerated,
     Regenerator,
+    assemble,
     decide,
     iter_regenerate_external,
     regenerate_external,
@@ -82,10 +83,13 @@ OPTIONS = [
     DecodeOptions(no_source_experts=True),
     DecodeOptions(no_global=True),
     DecodeOptions(no_local=True),
+    DecodeOptions(drop_repeats=True),
 ]
 
 
-@pytest.mark.parametrize("options", OPTIONS, ids=["full", "no_adaptation", "no_source", "no_global", "no_local"])
+@pytest.mark.parametrize(
+    "options", OPTIONS, ids=["full", "no_adaptation", "no_source", "no_global", "no_local", "drop_repeats"]
+)
 def test_engine_decisions_equal_the_per_step_reference(world: World, sequences, options: DecodeOptions) -> None:
     # max_len 8 < length 20: the reference's windowed prefixes cover the sliding context too
     engine = world.regenerator(batch_size=7).regenerate(sequences, "dom1", options)
@@ -240,6 +244,22 @@ def test_consecutive_duplicates_collapse_into_the_first_copy(world: World) -> No
     assert r.sequence == [tgt]
     assert [(d.action, d.reason) for d in r.decisions] == [("keep", None)] + [("discard", "duplicate")] * 2
     assert r.stats == {"kept": 1, "replaced": 0, "discarded": 2}
+
+
+def test_drop_repeats_discards_replacements_already_in_the_row_and_keeps_target_items() -> None:
+    # domains: 0 = target, 1 = source; raw = replacement per source position
+    items, domains = [10, 20, 21, 10, 22, 23], [0, 1, 1, 0, 1, 1]
+    raw = [-1, 11, 10, 0, 11, 12]
+    plain = assemble(items, domains, raw, 0)
+    assert plain.sequence == [10, 11, 10, 11, 12]  # the kept 10 after a replaced 10 collapses
+    once = assemble(items, domains, raw, 0, drop_repeats=True)
+    assert once.sequence == [10, 11, 10, 12]  # target items stay, even when repeated
+    assert [(d.action, d.reason) for d in once.decisions] == [
+        ("keep", None), ("replace", None), ("discard", "repeat"), ("keep", None), ("discard", "repeat"),
+        ("replace", None),
+    ]  # fmt: skip
+    assert once.decisions[2].replacement == 10  # what it would have been, for transparency
+    assert len(set(once.sequence)) == len(once.sequence) - 1  # only the original 10 repeats
 
 
 def test_duplicate_of_a_replacement_keeps_its_replacement_field(world: World, sequences) -> None:
