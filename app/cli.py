@@ -463,6 +463,7 @@ Variants = Annotated[
 ]
 Seeds = Annotated[int, typer.Option(help="downstream seeds per variant")]
 Patience = Annotated[int, typer.Option(help="downstream early stopping patience (validation NDCG@10)")]
+Lr = Annotated[float, typer.Option(help="downstream Adam learning rate (the paper's 3e-4 by default)")]
 Resume = Annotated[
     bool,
     typer.Option(
@@ -494,6 +495,7 @@ def _eval_config(
     patience: int,
     device: str,
     jobs: int = 1,
+    lr: float = 3e-4,
 ) -> Any:
     import torch
 
@@ -502,6 +504,8 @@ def _eval_config(
 
     if seeds < 1 or epochs < 1 or patience < 1 or jobs < 1:
         raise TaesarError("--seeds, --epochs, --patience and --jobs must be at least 1")
+    if not lr > 0:
+        raise TaesarError("--lr must be positive")
     chosen = list(VARIANTS) if variants.strip() == "all" else _split_list(variants)
     return EvalConfig(
         targets=tuple(targets),
@@ -509,7 +513,7 @@ def _eval_config(
         variants=tuple(chosen),
         seeds=tuple(seed + i for i in range(seeds)),
         holdout=holdout,
-        downstream=DownstreamConfig(epochs=epochs, patience=patience, device=_device(device)),
+        downstream=DownstreamConfig(epochs=epochs, patience=patience, lr=lr, device=_device(device)),
         jobs=jobs,
         job_threads=max(1, torch.get_num_threads() // jobs),
     )
@@ -606,6 +610,7 @@ def pipeline(
     patience: Patience = 10,
     jobs: Jobs = 1,
     resume: Resume = False,
+    lr: Lr = 3e-4,
     bundle: Annotated[
         Path | None,
         typer.Option(help="use this bundle (trained on --data with this holdout) instead of pretraining one"),
@@ -625,7 +630,7 @@ def pipeline(
     chosen = _parse_targets(targets, ds.catalogue)
     holdout = holdout or ds.options["holdout"]
     eval_cfg = (
-        _eval_config(chosen, backbones, variants, seeds, seed, holdout, epochs, patience, device, jobs)
+        _eval_config(chosen, backbones, variants, seeds, seed, holdout, epochs, patience, device, jobs, lr)
         if evaluate
         else None
     )
@@ -681,6 +686,7 @@ def evaluate(
     patience: Patience = 10,
     jobs: Jobs = 1,
     resume: Resume = False,
+    lr: Lr = 3e-4,
     device: Device = "auto",
 ) -> None:
     """Train downstream models on each training set of one target domain and compare them."""

@@ -150,7 +150,7 @@ def test_pipeline_reuses_a_given_bundle_and_logs_each_training(trained: tuple[Pa
     run = tmp_path / "run"
     code, output = invoke(
         "pipeline", "--data", data, "--out", run, "--bundle", bundle, "--targets", "z", "--variants", "sim,new",
-        "--epochs", 1, "--jobs", 2,
+        "--epochs", 1, "--jobs", 2, "--lr", 0.001,
     )  # fmt: skip
     assert code == 0, output
     assert not (run / "bundle").exists()  # nothing pretrained
@@ -161,7 +161,7 @@ def test_pipeline_reuses_a_given_bundle_and_logs_each_training(trained: tuple[Pa
     assert sorted(json.dumps(r, sort_keys=True) for r in logged) == sorted(
         json.dumps(r, sort_keys=True) for r in report["results"]
     )
-    assert report["config"]["jobs"] == 2
+    assert report["config"]["jobs"] == 2 and report["config"]["downstream"]["lr"] == 0.001
 
 
 def test_pipeline_refuses_a_bundle_trained_on_other_data(trained: tuple[Path, Path], tmp_path: Path) -> None:
