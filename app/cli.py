@@ -696,7 +696,9 @@ def evaluate(
     ds = load_dataset(data)
     ds.catalogue.domain_index(target)
     holdout = holdout or ds.options["holdout"]
-    cfg: EvalConfig = _eval_config([target], backbones, variants, seeds, seed, holdout, epochs, patience, device, jobs)
+    cfg: EvalConfig = _eval_config(
+        [target], backbones, variants, seeds, seed, holdout, epochs, patience, device, jobs, lr
+    )
     engine = _engine_for(bundle, ds, holdout, device)
     _run_evaluation(ds, cfg, engine, run, {"command": _command_line()}, resume)
 

@@ -196,6 +196,7 @@ def exact_work_floor(world: World, results: list[Regenerated], ref_wall: float, 
     the rule are left out, so this is a lower bound on the engine's time and
     reference / floor an upper bound on any exact engine's speedup."""
     q = sum(1 for r in results for d in r.decisions if d.domain != world.catalogue.domain_index(world.target))
+    # the source expert has the same shapes as the mixed model, so the mixed weights stand in for it
     weights = [m.item_weights() for m in (world.mixed, world.experts[world.target], world.mixed)]
     hidden = torch.randn(256, weights[0].shape[1])
 

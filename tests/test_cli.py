@@ -180,9 +180,11 @@ def test_evaluate_resumes_from_its_run_log_and_skips_a_line_cut_short(
     data, _ = trained
     run = tmp_path / "run"
     args = ["evaluate", "--data", data, "--out", run, "--target", "z", "--variants", "sim,full", "--epochs", 1]
+    args += ["--lr", 0.002]
     code, output = invoke(*args, "--seeds", 2)
     assert code == 0, output
     first = json.loads((run / "report.json").read_text())
+    assert first["config"]["downstream"]["lr"] == 0.002
     lines = (run / "trainings.jsonl").read_text().splitlines()
     assert len(lines) == 4
     # a kill in the middle of writing the last line; one more seed asked for
