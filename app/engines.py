@@ -194,6 +194,15 @@ def bundle_folders(model_dir: Path) -> list[Path]:
     return sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def apply_torch_threads(settings: Settings) -> None:
+    """Set torch's CPU threads from TAESAR_TORCH_THREADS. Call it from the process's main
+    thread before any decoding: OpenMP threads read the setting when they start."""
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+
+
 def load_engines(settings: Settings) -> Engines:
     """Load every bundle; blocking (checksums, weights), so call it from a thread."""
     from models.bundle import load_bundle

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from app import metrics
 from app.deps import get_caller
-from app.engines import load_engines
+from app.engines import apply_torch_threads, load_engines
 from app.errors import install_error_handlers
 from app.logging import configure_logging, get_logger, log_event
 from app.middleware import BodyLimit, RequestObserver
@@ -65,6 +65,7 @@ def _body_limits(settings: Settings) -> Callable[[str], int | None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    apply_torch_threads(settings)
     app = FastAPI(
         title="Taesar regeneration service",
         version="0.1.0",

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     # 1 only pays off with spare CPU cores beyond torch's own intra-op threads (or several GPUs)
     decode_threads: int = Field(1, ge=1, le=64)
     memory_budget_mb: int = Field(256, ge=16)
+    # torch CPU threads of this process (None: torch's choice, all cores). API and workers on
+    # one host should not ask for more threads than cores in total.
+    torch_threads: int | None = Field(None, ge=1, le=1024)
     # micro-batching of concurrent /regenerate calls (app/batching.py); 0 disables it and
     # decodes every call on its own
     microbatch_max_wait_ms: float = Field(

@@ -20,7 +20,7 @@ from typing import Any
 import redis
 from celery.signals import worker_init, worker_process_init, worker_ready
 
-from app.engines import Engine, Engines, load_engines
+from app.engines import Engine, Engines, apply_torch_threads, load_engines
 from app.jobstore import ChunkInput, ChunkStore
 from app.logging import configure_logging, get_logger, log_event
 from app.settings import Settings, get_settings
@@ -74,7 +74,9 @@ def use_context(ctx: WorkerContext | None) -> None:
 
 
 def warm_up() -> None:
-    context().load()
+    ctx = context()
+    apply_torch_threads(ctx.settings)  # in the process's main thread, before any decoding
+    ctx.load()
 
 
 @worker_init.connect
