@@ -458,7 +458,8 @@ Variants = Annotated[
     str,
     typer.Option(
         help="comma-separated: sim, full, new, random, random_matched, no_adaptation, no_source_experts, "
-        "no_global, no_local; 'all' for every one"
+        "no_global, no_local, and two outside METHOD.md: new_norepeat, sim_x2 "
+        "(docs/results/ml100k.md); 'all' for every one"
     ),
 ]
 Seeds = Annotated[int, typer.Option(help="downstream seeds per variant")]

@@ -55,6 +55,7 @@ __all__ = [
     "EvalConfig",
     "Evaluation",
     "Finished",
+    "Plan",
     "TrainingSet",
     "build_training_sets",
     "check_bundle",
@@ -63,6 +64,7 @@ __all__ = [
     "export_recbole",
     "mean_ci",
     "paired_bootstrap",
+    "plan_evaluation",
     "point_metric",
     "run_evaluation",
     "summarize_results",
@@ -76,9 +78,20 @@ ABLATIONS: dict[str, DecodeOptions] = {
     "no_global": DecodeOptions(no_global=True),
     "no_local": DecodeOptions(no_local=True),
 }
-# new_norepeat is not in METHOD.md: `new` whose replacements never repeat an item already
-# in the row (DecodeOptions.drop_repeats); see docs/results/ml100k.md
-VARIANTS: tuple[str, ...] = ("sim", "full", "new", "random", "random_matched", *ABLATIONS, "new_norepeat")
+# Not in METHOD.md, both explained in docs/results/ml100k.md: new_norepeat is `new` whose
+# replacements never repeat an item already in the row (DecodeOptions.drop_repeats);
+# sim_x2 is every `sim` row twice, a control for `new` showing each user's target items
+# twice per epoch (its regenerated row keeps them) and taking twice the steps per epoch.
+VARIANTS: tuple[str, ...] = (
+    "sim",
+    "full",
+    "new",
+    "random",
+    "random_matched",
+    *ABLATIONS,
+    "new_norepeat",
+    "sim_x2",
+)
 _DECODED = {
     "new": DecodeOptions(),
     "random_matched": DecodeOptions(),
@@ -238,6 +251,8 @@ def build_training_sets(
         regen = decoded.get(_DECODED.get(v))  # type: ignore[arg-type]
         if v == "sim":
             out[v] = TrainingSet(v, *_rows(sim))
+        elif v == "sim_x2":  # no duplicate dropping: the repetition is the point
+            out[v] = TrainingSet(v, *_rows(sim + sim))
         elif v == "full":
             out[v] = TrainingSet(v, *_rows(list(enumerate(parts))), mixed=True)
         elif v in ("random", "random_matched"):
@@ -448,20 +463,20 @@ class Evaluation:
     ranks: dict[tuple[str, str, str, int], np.ndarray]  # test ranks per (target, backbone, variant, seed)
 
 
-def run_evaluation(
-    dataset: Dataset,
-    cfg: EvalConfig,
-    regenerator: Regenerator | None = None,
-    progress: ProgressFn | None = None,
-    on_result: Callable[[Finished], None] | None = None,
-    finished: Mapping[str, Finished] | None = None,
-) -> Evaluation:
-    """Train every (target, backbone, variant, seed) and collect the report's data.
+@dataclass
+class Plan:
+    """Every training an evaluation runs, with its fingerprint, and the per-target info."""
 
-    on_result gets each training as soon as it finishes (a long run's log); `finished`
-    holds trainings of an earlier run by fingerprint, which are reused instead of rerun
-    when their fingerprint (training data, points, config, seed, threads) matches."""
-    started = time.perf_counter()
+    tasks: list[_Task]
+    fingerprints: list[str]
+    targets: dict[str, Any]
+
+
+def plan_evaluation(
+    dataset: Dataset, cfg: EvalConfig, regenerator: Regenerator | None = None, progress: ProgressFn | None = None
+) -> Plan:
+    """Build every training set (decoding where a variant needs it) and the list of
+    (target, backbone, variant, seed) trainings, in report order, with fingerprints."""
     cat = dataset.catalogue
     for t in cfg.targets:
         cat.domain_index(t)
@@ -485,7 +500,25 @@ def run_evaluation(
             for seed in cfg.seeds
         ]
     threads = cfg.job_threads if cfg.jobs > 1 else _torch_threads()
-    prints = [t.fingerprint(cfg.downstream, threads) for t in tasks]
+    return Plan(tasks, [t.fingerprint(cfg.downstream, threads) for t in tasks], per_target)
+
+
+def run_evaluation(
+    dataset: Dataset,
+    cfg: EvalConfig,
+    regenerator: Regenerator | None = None,
+    progress: ProgressFn | None = None,
+    on_result: Callable[[Finished], None] | None = None,
+    finished: Mapping[str, Finished] | None = None,
+) -> Evaluation:
+    """Train every (target, backbone, variant, seed) and collect the report's data.
+
+    on_result gets each training as soon as it finishes (a long run's log); `finished`
+    holds trainings of an earlier run by fingerprint, which are reused instead of rerun
+    when their fingerprint (training data, points, config, seed, threads) matches."""
+    started = time.perf_counter()
+    plan = plan_evaluation(dataset, cfg, regenerator, progress)
+    tasks, prints, per_target = plan.tasks, plan.fingerprints, plan.targets
     reuse = {k: finished[fp] for k, fp in enumerate(prints) if finished and fp in finished}
     todo = [k for k in range(len(tasks)) if k not in reuse]
     if reuse and progress:

@@ -29,6 +29,7 @@ from models.evaluation import (
     export_recbole,
     mean_ci,
     paired_bootstrap,
+    plan_evaluation,
     point_metric,
     run_evaluation,
     summarize_results,
@@ -95,6 +96,10 @@ def test_training_sets_follow_their_definitions() -> None:
         assert all(np.all(np.diff(r) != 0) for r in rows[len(sets["sim"].sequences) :])  # no consecutive repeats
     assert sets["new"].regenerated is not None and len(sets["new"].regenerated) == len(parts)
     assert len(sets["sim"].users) == len(sets["sim"].sequences)
+    # the control: every sim row twice, kept although they repeat each other
+    sim_rows = [s.tolist() for s in sets["sim"].sequences]
+    assert [s.tolist() for s in sets["sim_x2"].sequences] == sim_rows + sim_rows
+    assert sets["sim_x2"].users == sets["sim"].users * 2 and not sets["sim_x2"].mixed
 
 
 def test_random_rows_draw_only_target_items_seen_in_training() -> None:
@@ -250,6 +255,11 @@ def test_finished_trainings_are_reused_only_when_their_fingerprint_matches(one_t
     log: list[Finished] = []
     full = run_evaluation(ds, cfg, _regenerator(), on_result=log.append)
     assert len(log) == 4
+    # planning alone (no training) names the same trainings, in report order
+    plan = plan_evaluation(ds, cfg, _regenerator())
+    by_key = {(d.row["variant"], d.row["seed"]): d.fingerprint for d in log}
+    assert plan.fingerprints == [by_key[t.tset.variant, t.seed] for t in plan.tasks]
+    assert [(t.tset.variant, t.seed) for t in plan.tasks] == [(r["variant"], r["seed"]) for r in full.report["results"]]
     again: list[Finished] = []
     half = {d.fingerprint: d for d in log[:2]}
     resumed = run_evaluation(ds, cfg, _regenerator(), on_result=again.append, finished=half)
