@@ -351,7 +351,8 @@ def summarize_results(
     min_test_points: int = 500,
 ) -> list[dict[str, Any]]:
     """One entry per (target, backbone, variant): mean ± std over seeds, a bootstrap CI of
-    the seed-averaged per-point metric, relative change and a paired test vs `sim`."""
+    the seed-averaged per-point metric, relative change and a paired test vs `sim`, and
+    (for every variant but sim and new) vs `new`."""
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in results:
         groups.setdefault((r["target"], r["backbone"], r["variant"]), []).append(r)
@@ -359,7 +360,6 @@ def summarize_results(
     for (target, backbone, variant), rows in groups.items():
         seeds = sorted(r["seed"] for r in rows)
         per_point = {m: _seed_mean(ranks, (target, backbone, variant), seeds, m) for m in METRICS}
-        base_rows = groups.get((target, backbone, "sim"))
         entry: dict[str, Any] = {
             "target": target,
             "backbone": backbone,
@@ -371,20 +371,35 @@ def summarize_results(
             "std": {m: _std([r["metrics"][m] for r in rows]) for m in METRICS},
             "ci95": {m: list(mean_ci(per_point[m], n_boot)) for m in METRICS},
         }
-        if base_rows is not None and variant != "sim":
-            base_seeds = sorted(r["seed"] for r in base_rows)
-            common = [s for s in seeds if s in base_seeds]  # pair on the same seeds
-            entry["vs_sim"] = {}
-            for m in METRICS:
-                base = float(np.mean([r["metrics"][m] for r in base_rows]))
-                test = paired_bootstrap(
-                    _seed_mean(ranks, (target, backbone, variant), common, m),
-                    _seed_mean(ranks, (target, backbone, "sim"), common, m),
-                    n_boot,
+        # against sim (does the data help?) and against new (does a part of the method, or a
+        # control, do better or worse than the whole?)
+        for baseline in ("sim", "new"):
+            base_rows = groups.get((target, backbone, baseline))
+            if base_rows is not None and variant not in ("sim", baseline):
+                entry[f"vs_{baseline}"] = _versus(
+                    ranks, (target, backbone), variant, entry, baseline, base_rows, n_boot
                 )
-                test["rel"] = (entry["mean"][m] - base) / base if base else math.nan
-                entry["vs_sim"][m] = test
         out.append(entry)
+    return out
+
+
+def _versus(
+    ranks: dict, where: tuple[str, str], variant: str, entry: dict, baseline: str, base_rows: list[dict], n_boot: int
+) -> dict[str, dict[str, Any]]:
+    """Per metric: relative change of the seed means, and a paired bootstrap of the
+    seed-averaged per-point metric on the seeds both have."""
+    base_seeds = {r["seed"] for r in base_rows}
+    common = [s for s in entry["seeds"] if s in base_seeds]  # pair on the same seeds
+    out: dict[str, dict[str, Any]] = {}
+    if not common:  # nothing to pair on
+        return out
+    for m in METRICS:
+        base = float(np.mean([r["metrics"][m] for r in base_rows]))
+        test = paired_bootstrap(
+            _seed_mean(ranks, (*where, variant), common, m), _seed_mean(ranks, (*where, baseline), common, m), n_boot
+        )
+        test["rel"] = (entry["mean"][m] - base) / base if base else math.nan
+        out[m] = test
     return out
 
 

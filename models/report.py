@@ -66,7 +66,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"`{json.dumps(cfg['downstream'])}`. Wall time {report.get('wall_time_s', '?')} s.",
         "",
         "Cells are mean ± std over seeds. `CI95` is a percentile bootstrap over test points of the "
-        "seed-averaged metric; `p` is a paired bootstrap over test points against `sim` "
+        "seed-averaged metric; `p` is a paired bootstrap over test points against `sim` (and, in "
+        "the last table, against `new`) "
         f"({proto['n_boot']} resamples). Test sets under {proto['min_test_points']} points are flagged ⚠: "
         "differences there are rarely resolvable.",
         "",
@@ -114,6 +115,16 @@ def _metric_tables(report: dict[str, Any], target: str, backbone: str) -> list[s
             change = f"{_pct(vs['rel'])} (Δ {vs['delta']:+.4f})" if vs else "—"
             cells += [f"[{lo:.4f}, {hi:.4f}]", change, _p(vs["p"]) if vs else "—"]
         lines.append(f"| {e['variant']} | " + " | ".join(cells) + " |")
+    against_new = [e for e in entries if e.get("vs_new")]
+    if against_new:  # ablations and controls against the whole method
+        lines += ["", "| variant | " + " | ".join(f"{m} vs new | p" for m in _SHOWN) + " |"]
+        lines.append("|---|" + "---:|---:|" * len(_SHOWN))
+        for e in against_new:
+            cells = []
+            for m in _SHOWN:
+                vs = e["vs_new"][m]
+                cells += [f"{_pct(vs['rel'])} (Δ {vs['delta']:+.4f})", _p(vs["p"])]
+            lines.append(f"| {e['variant']} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 

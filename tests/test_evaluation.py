@@ -202,6 +202,14 @@ def test_summary_reports_mean_std_relative_change_and_flags_small_test_sets() ->
     assert out["new"]["std"]["HR@10"] == pytest.approx(np.std([0.3, 0.6], ddof=1))
     assert out["new"]["vs_sim"]["NDCG@10"]["rel"] == pytest.approx(0.5)
     assert out["new"]["small_test_set"] and "vs_sim" not in out["sim"]
+    # an ablation is compared with sim and with new, on the seeds it shares with each
+    rows += [_row("no_local", 1, 0.45)]
+    ranks[("a", "sasrec", "no_local", 1)] = np.array([1.0, 3.0, np.inf])
+    out = {e["variant"]: e for e in summarize_results(rows, ranks, n_boot=200, min_test_points=500)}
+    assert out["no_local"]["vs_new"]["NDCG@10"]["rel"] == pytest.approx(0.45 / 0.45 - 1)
+    assert out["no_local"]["vs_sim"]["NDCG@10"]["rel"] == pytest.approx(0.5)
+    assert out["no_local"]["vs_new"]["NDCG@10"]["delta"] < 0  # rank 3 instead of 2 on point 2
+    assert "vs_new" not in out["new"] and "vs_new" not in out["sim"]
 
 
 # -- the whole run ---------------------------------------------------------------------------

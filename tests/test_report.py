@@ -85,4 +85,10 @@ def test_markdown_shows_mean_std_change_vs_sim_and_paired_p(tmp_path: Path) -> N
     assert f"{100 * rel:+.1f}%" in md
     assert f"{new['mean']['HR@10']:.4f} ± {new['std']['HR@10']:.4f}" in md
     assert f"{new['vs_sim']['NDCG@10']['p']:.3f}" in md
+    # every other variant is also tested against new, in its own table
+    full = next(e for e in ev.report["summary"] if e["variant"] == "full")
+    vs = full["vs_new"]["NDCG@10"]
+    assert "| variant | HR@10 vs new | p | NDCG@10 vs new | p |" in md
+    assert f"{100 * vs['rel']:+.1f}% (Δ {vs['delta']:+.4f})" in md and vs["delta"] < 0
+    assert "vs_new" not in new and "vs_new" not in sim
     assert "small test set" not in md
