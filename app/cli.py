@@ -133,7 +133,7 @@ AllDomains = Annotated[
 ]
 KCore = Annotated[int, typer.Option(help="k-core filter applied per domain (1 disables it)")]
 MaxLen = Annotated[int, typer.Option(help="keep each user's last N interactions")]
-Holdout = Annotated[int, typer.Option(help="leave-N-out: last N positions test, N before them valid")]
+Holdout = Annotated[int, typer.Option(min=1, help="leave-N-out: last N positions test, N before them valid")]
 
 
 def _save_and_report(df: Any, cfg: Any, out_dir: Path, source: str, domains: list[str] | None = None) -> None:
@@ -205,7 +205,14 @@ Device = Annotated[str, typer.Option(help="auto picks CUDA when available")]
 
 
 def _run_pretrain(
-    data: Path, bundle: Path, epochs: int, adapt_epochs: int, seed: int, device: str, holdout: int | None = None
+    data: Path,
+    bundle: Path,
+    epochs: int,
+    adapt_epochs: int,
+    seed: int,
+    device: str,
+    holdout: int | None = None,
+    patience: int = 10,
 ) -> Path:
     from models.data import load_dataset
     from models.pretrain import TrainConfig, pretrain
@@ -214,7 +221,9 @@ def _run_pretrain(
         raise typer.BadParameter("--device must be auto, cpu or cuda")
     ds = load_dataset(data)
     holdout = holdout or ds.options["holdout"]
-    cfg = TrainConfig(epochs=epochs, adapt_epochs=adapt_epochs, seed=seed, device=device, holdout=holdout)
+    cfg = TrainConfig(
+        epochs=epochs, patience=patience, adapt_epochs=adapt_epochs, seed=seed, device=device, holdout=holdout
+    )
     started = time.perf_counter()
     with progress_bars() as bars:
         result = pretrain(ds, cfg, progress=bars)
@@ -248,13 +257,16 @@ def _flat_metric_rows(metrics: dict, prefix: str = "") -> Iterator[tuple[str, di
 def pretrain(
     data: Annotated[Path, typer.Option(help="prepared dataset folder")],
     bundle: Annotated[Path, typer.Option("--out", help="bundle folder to write")],
-    epochs: Annotated[int, typer.Option(help="max epochs of the mixed model (early stopping)")] = 200,
-    adapt_epochs: Annotated[int, typer.Option(help="epochs of domain adaptation per expert")] = 20,
+    epochs: Annotated[int, typer.Option(min=1, help="max epochs of the mixed model (early stopping)")] = 200,
+    patience: Annotated[
+        int, typer.Option(min=1, help="epochs without a better validation NDCG@10 before the mixed model stops")
+    ] = 10,
+    adapt_epochs: Annotated[int, typer.Option(min=0, help="epochs of domain adaptation per expert")] = 20,
     seed: int = 42,
     device: Device = "auto",
 ) -> None:
     """Stage I: train the mixed model, then one expert per domain; write a bundle."""
-    _run_pretrain(data, bundle, epochs, adapt_epochs, seed, device)
+    _run_pretrain(data, bundle, epochs, adapt_epochs, seed, device, patience=patience)
 
 
 # -- regenerate ---------------------------------------------------------------------
@@ -451,7 +463,8 @@ def _print_counts(per_domain: dict[str, dict[str, int]]) -> None:
 # -- evaluate and export ----------------------------------------------------------------
 
 HoldoutEval = Annotated[
-    int | None, typer.Option(help="leave-N-out: last N positions test, N before them valid (default: the dataset's)")
+    int | None,
+    typer.Option(min=1, help="leave-N-out: last N positions test, N before them valid (default: the dataset's)"),
 ]
 Backbones = Annotated[str, typer.Option(help="comma-separated: sasrec, gru4rec")]
 Variants = Annotated[

@@ -30,8 +30,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     code, output = invoke("data", "import", "--interactions", log, "--out", root / "data", "--user-col", "uid")
     assert code == 0, output
     code, output = invoke(
-        "pretrain", "--data", root / "data", "--out", root / "bundle", "--epochs", 2, "--adapt-epochs", 1, "--seed", 1
-    )
+        "pretrain", "--data", root / "data", "--out", root / "bundle", "--epochs", 2, "--adapt-epochs", 1, "--seed", 1,
+        "--patience", 3,
+    )  # fmt: skip
     assert code == 0, output
     return root / "data", root / "bundle"
 
@@ -110,6 +111,29 @@ def test_user_mistakes_end_in_one_error_line_and_exit_code_2(args: list[str], me
     code, output = invoke(*args)
     assert code == 2
     assert output.startswith("error:") and message in output
+    assert "Traceback" not in output
+
+
+def test_pretrain_records_its_early_stopping_patience_in_the_bundle(trained: tuple[Path, Path]) -> None:
+    training = read_manifest(trained[1])["training"]
+    assert (training["patience"], training["epochs"], training["adapt_epochs"]) == (3, 2, 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["pretrain", "--data", "d", "--out", "b", "--epochs", "0"], "--epochs"),
+        (["pretrain", "--data", "d", "--out", "b", "--patience", "0"], "--patience"),
+        (["pretrain", "--data", "d", "--out", "b", "--adapt-epochs", "-1"], "--adapt-epochs"),
+        (["pipeline", "--data", "d", "--out", "r", "--holdout", "0"], "--holdout"),
+        (["evaluate", "--data", "d", "--out", "r", "--target", "z", "--holdout", "0"], "--holdout"),
+        (["data", "ml100k", "--out", "d", "--holdout", "0"], "--holdout"),
+    ],
+)
+def test_out_of_range_numbers_are_refused_before_any_work(args: list[str], option: str) -> None:
+    code, output = invoke(*args)
+    assert code == 2
+    assert f"Invalid value for '{option}'" in output
     assert "Traceback" not in output
 
 
