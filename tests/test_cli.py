@@ -126,6 +126,8 @@ def test_pretrain_records_its_early_stopping_patience_in_the_bundle(trained: tup
         (["pretrain", "--data", "d", "--out", "b", "--patience", "0"], "--patience"),
         (["pretrain", "--data", "d", "--out", "b", "--adapt-epochs", "-1"], "--adapt-epochs"),
         (["pipeline", "--data", "d", "--out", "r", "--holdout", "0"], "--holdout"),
+        (["pipeline", "--data", "d", "--out", "r", "--no-evaluate", "--epochs", "0"], "--epochs"),
+        (["pipeline", "--data", "d", "--out", "r", "--adapt-epochs", "-1"], "--adapt-epochs"),
         (["evaluate", "--data", "d", "--out", "r", "--target", "z", "--holdout", "0"], "--holdout"),
         (["data", "ml100k", "--out", "d", "--holdout", "0"], "--holdout"),
     ],

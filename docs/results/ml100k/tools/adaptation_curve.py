@@ -79,9 +79,8 @@ def main(data: Path, bundle_dir: Path, out: Path) -> None:
             scores = {p: evaluate_domain(expert, s, span, cfg, device)[SELECT_METRIC] for p, s in parts.items()}
             curve.append({"epoch": epoch, "loss": loss, **scores})
             print(name, curve[-1], flush=True)
-        same = all(
-            torch.equal(a, b) for a, b in zip(expert.state_dict().values(), bundle.experts[name].state_dict().values())
-        )
+        mine, theirs = expert.state_dict(), bundle.experts[name].state_dict()
+        same = mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
         best = max(curve, key=lambda r: r["all"])
         result["domains"][name] = {
             "points": {p: len(s.targets) for p, s in parts.items()},
