@@ -40,7 +40,7 @@ import numpy as np
 
 from models.catalogue import Catalogue
 from models.data import Dataset, domain_eval_points, domain_train_sequences, train_part
-from models.decoding import DecodeOptions, Regenerated, Regenerator, assemble
+from models.decoding import NO_CONTEXT, DecodeOptions, Regenerated, Regenerator, assemble
 from models.downstream import BACKBONES, DownstreamConfig, eval_set, next_item_rows, train_downstream
 from models.errors import DataError
 from models.metrics import hit_at_k, mrr_at_k, ndcg_at_k
@@ -241,10 +241,17 @@ def build_training_sets(
     decoded: dict[DecodeOptions, list[Regenerated]] = {}
     for v in variants:
         opts = _DECODED.get(v)
-        if opts is not None and opts not in decoded:
-            if regenerator is None:
-                raise DataError(f"variant {v!r} needs a bundle to decode with")
-            decoded[opts] = _regenerate(regenerator, parts, target, opts, v, progress)
+        if opts is None or opts in decoded:
+            continue
+        if regenerator is None:
+            raise DataError(f"variant {v!r} needs a bundle to decode with")
+        # drop_repeats is post-processing only: decode once without it, reassemble with it
+        base = replace(opts, drop_repeats=False)
+        if base not in decoded:
+            decoded[base] = _regenerate(regenerator, parts, target, base, "new" if opts != base else v, progress)
+        if opts.drop_repeats:
+            t = catalogue.domain_index(target)
+            decoded[opts] = [_reassemble(r, t, drop_repeats=True) for r in decoded[base]]
     rng = np.random.default_rng([data_seed, catalogue.domain_index(target)])
     out: dict[str, TrainingSet] = {}
     for v in variants:
@@ -267,6 +274,18 @@ def build_training_sets(
             extra = [np.array(r.sequence, dtype=np.int64) for r in regen or []]
             out[v] = TrainingSet(v, *_append(sim, list(enumerate(extra))), regenerated=regen)
     return out
+
+
+def _reassemble(regenerated: Regenerated, target: int, *, drop_repeats: bool) -> Regenerated:
+    """Run METHOD.md's post-processing again on one decoded row from its decisions: a
+    decision keeps the replacement it chose (also when it was discarded as a duplicate),
+    so the raw codes that `assemble` needs are all there."""
+    decisions = regenerated.decisions
+    raw = [
+        d.replacement if d.replacement is not None else NO_CONTEXT if d.reason == "no_context" else -1
+        for d in decisions
+    ]
+    return assemble([d.item for d in decisions], [d.domain for d in decisions], raw, target, drop_repeats=drop_repeats)
 
 
 def _domain_only(parts: Sequence[np.ndarray], catalogue: Catalogue, target: str) -> list[np.ndarray]:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from app.cli import app
 from models.catalogue import Catalogue
 from models.data import Dataset, load_dataset, train_part
-from models.decoding import Regenerator
+from models.decoding import DecodeOptions, Regenerator
 from models.downstream import DownstreamConfig
 from models.errors import DataError
 from models.evaluation import (
@@ -100,6 +100,21 @@ def test_training_sets_follow_their_definitions() -> None:
     sim_rows = [s.tolist() for s in sets["sim"].sequences]
     assert [s.tolist() for s in sets["sim_x2"].sequences] == sim_rows + sim_rows
     assert sets["sim_x2"].users == sets["sim"].users * 2 and not sets["sim_x2"].mixed
+
+
+def test_new_norepeat_is_new_reassembled_without_repeats_and_decodes_nothing_more() -> None:
+    ds = _dataset(n_users=60)
+    parts = [train_part(s, 2) for s in ds.sequences]
+    regenerator, phases = _regenerator(), []
+    sets = build_training_sets(
+        parts, CAT, "a", ["new_norepeat", "new"], regenerator, progress=lambda phase, *_: phases.append(phase)
+    )
+    assert set(phases) == {"regenerate a (taesar)"}  # one decode serves both
+    direct = regenerator.regenerate([p.tolist() for p in parts], "a", DecodeOptions(drop_repeats=True))
+    assert sets["new_norepeat"].regenerated == direct  # every decision, reason included
+    plain = regenerator.regenerate([p.tolist() for p in parts], "a", DecodeOptions())
+    assert sets["new"].regenerated == plain
+    assert any(d.reason == "repeat" for r in direct for d in r.decisions)  # the rule had work to do
 
 
 def test_random_rows_draw_only_target_items_seen_in_training() -> None:
