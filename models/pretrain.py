@@ -360,8 +360,13 @@ def adapt_expert(
     cfg: TrainConfig,
     device: torch.device,
     progress: ProgressFn | None,
+    on_epoch: Callable[[int, float, SASRec], None] | None = None,
 ) -> SASRec:
-    """Copy the mixed model and train it adapt_epochs on one domain's loss (no early stopping)."""
+    """Copy the mixed model and train it adapt_epochs on one domain's loss (no early stopping).
+
+    on_epoch(epoch, loss, expert) sees the expert after every epoch, e.g. to score it on
+    validation (docs/results/ml100k/tools/adaptation_curve.py); scoring under
+    inference_mode draws no random numbers, so it leaves the trajectory unchanged."""
     expert = copy.deepcopy(mixed)
     # dropout masks depend on (seed, domain) only, not on the order experts are trained in
     torch.manual_seed(int(np.random.SeedSequence(list(seed)).generate_state(1)[0]))
@@ -371,6 +376,8 @@ def adapt_expert(
         loss = train_epoch(expert, opt, rows, span, cfg, rng, device) if rows.inputs else float("nan")
         if progress:
             progress(phase, epoch, cfg.adapt_epochs, {"loss": loss})
+        if on_epoch:
+            on_epoch(epoch, loss, expert)
     return expert.eval()
 
 

@@ -175,6 +175,31 @@ def test_expert_training_only_sees_the_domain_softmax() -> None:
     assert grad[start + 5 + 1].abs().sum() > 0  # unseen d item: still a softmax column
 
 
+def test_scoring_an_expert_after_every_adaptation_epoch_leaves_it_unchanged() -> None:
+    """adapt_expert's on_epoch hook (used to choose adaptation epochs on validation) may
+    evaluate the expert; that must not move the trajectory the bundle's expert follows."""
+    ds = _tiny_dataset()
+    cfg = _fast(adapt_epochs=3)
+    mcfg = SASRecConfig(n_items=ds.catalogue.n_items, **TINY_MODEL)  # dropout on: masks use the RNG
+    torch.manual_seed(0)
+    mixed = SASRec(mcfg)
+    span = ds.catalogue.domain_range(1)
+    rows = expert_rows([train_part(s, 1) for s in ds.sequences], mcfg.max_len, *span)
+    valid = make_eval_set(ds.sequences, "valid", 1, mcfg.max_len)
+    device = torch.device("cpu")
+    seen: list[tuple[int, float]] = []
+
+    def score(epoch: int, loss: float, expert: SASRec) -> None:
+        seen.append((epoch, pt.evaluate_domain(expert, valid, span, cfg, device)["NDCG@10"]))
+
+    plain = pt.adapt_expert(mixed, rows, span, "x", (3, 2), cfg, device, None)
+    scored = pt.adapt_expert(mixed, rows, span, "x", (3, 2), cfg, device, None, on_epoch=score)
+    assert [e for e, _ in seen] == [1, 2, 3]
+    a, b = plain.state_dict(), scored.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(plain.item_emb.weight, mixed.item_emb.weight)  # it did adapt
+
+
 def test_model_config_must_match_the_catalogue() -> None:
     ds = _tiny_dataset()
     with pytest.raises(ValueError, match="n_items"):

@@ -2,8 +2,8 @@
 
 The bundle's experts are adapted for a fixed 20 epochs (METHOD.md §2, the released
 code) and end *below* the mixed model they start from on their domain's validation
-points. This replays the adaptation of a committed bundle, epoch by epoch, with the
-bundle's own seeds and config, and scores the expert after each epoch on the domain's
+points. This reruns the adaptation of a committed bundle (`adapt_expert`, with the
+bundle's own seeds and config), and scores the expert after each epoch on the domain's
 validation points (target in the domain, ranked over the domain's items, the bundle's
 own `validation_metrics`), split by the domain of the last history item: the expert's
 loss only trains positions whose current item is in its domain, but decoding reads it
@@ -17,7 +17,6 @@ one torch thread (as the bundle was trained):
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 from pathlib import Path
@@ -25,16 +24,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.bundle import load_bundle
+from models.bundle import Bundle, load_bundle
 from models.data import load_dataset, train_part
 from models.pretrain import (
     SELECT_METRIC,
     EvalSet,
     TrainConfig,
+    adapt_expert,
     evaluate_domain,
     expert_rows,
     make_eval_set,
-    train_epoch,
 )
 
 
@@ -52,6 +51,33 @@ def _split(valid: EvalSet, span: tuple[int, int]) -> dict[str, EvalSet]:
     return out
 
 
+def _domain_curve(bundle: Bundle, k: int, train_seqs: list, valid: EvalSet, cfg: TrainConfig) -> dict:
+    """Domain k's expert adapted again (the bundle's own `adapt_expert`, seed and config),
+    scored on validation before the first epoch and after each one."""
+    name, span, device = bundle.catalogue.domains[k], bundle.catalogue.domain_range(k), torch.device("cpu")
+    parts = _split(valid, span)
+    curve: list[dict] = []
+
+    def score(epoch: int, loss: float | None, model: torch.nn.Module) -> None:
+        scores = {p: evaluate_domain(model, s, span, cfg, device)[SELECT_METRIC] for p, s in parts.items()}
+        curve.append({"epoch": epoch, "loss": loss, **scores})
+        print(name, curve[-1], flush=True)
+
+    score(0, None, bundle.mixed)  # every expert starts as the mixed model
+    rows = expert_rows(train_seqs, bundle.config.max_len, *span)
+    expert = adapt_expert(bundle.mixed, rows, span, name, (cfg.seed, k + 1), cfg, device, None, on_epoch=score)
+    mine, theirs = expert.state_dict(), bundle.experts[name].state_dict()
+    same = mine.keys() == theirs.keys() and all(torch.equal(mine[key], theirs[key]) for key in mine)
+    best = max(curve, key=lambda r: r["all"])
+    print(name, "best epoch", best["epoch"], "reproduces the bundle's expert:", same, flush=True)
+    return {
+        "points": {p: len(s.targets) for p, s in parts.items()},
+        "curve": curve,
+        "best_epoch": best["epoch"],
+        "reproduces_bundle_expert": same,
+    }
+
+
 def main(data: Path, bundle_dir: Path, out: Path) -> None:
     torch.set_num_threads(1)
     ds, bundle = load_dataset(data), load_bundle(bundle_dir)
@@ -60,35 +86,10 @@ def main(data: Path, bundle_dir: Path, out: Path) -> None:
     t = bundle.manifest["training"]
     fields = set(TrainConfig.__dataclass_fields__)
     cfg = TrainConfig(**{k: (tuple(v) if k == "ks" else v) for k, v in t.items() if k in fields} | {"device": "cpu"})
-    cat, device = ds.catalogue, torch.device("cpu")
     train_seqs = [train_part(np.asarray(s, dtype=np.int64), cfg.holdout) for s in ds.sequences]
     valid = make_eval_set(ds.sequences, "valid", cfg.holdout, bundle.config.max_len)
-    result: dict = {"bundle": str(bundle_dir), "adapt_epochs": cfg.adapt_epochs, "domains": {}}
-    for k, name in enumerate(cat.domains):
-        span = cat.domain_range(k)
-        parts = _split(valid, span)
-        rows = expert_rows(train_seqs, bundle.config.max_len, *span)
-        expert = copy.deepcopy(bundle.mixed)
-        # the same seeding as models.pretrain.adapt_expert; evaluating in between uses no RNG
-        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, k + 1]).generate_state(1)[0]))
-        opt = torch.optim.Adam(expert.parameters(), lr=cfg.lr)
-        rng = np.random.default_rng([cfg.seed, k + 1])
-        curve = []
-        for epoch in range(cfg.adapt_epochs + 1):
-            loss = train_epoch(expert, opt, rows, span, cfg, rng, device) if epoch else None
-            scores = {p: evaluate_domain(expert, s, span, cfg, device)[SELECT_METRIC] for p, s in parts.items()}
-            curve.append({"epoch": epoch, "loss": loss, **scores})
-            print(name, curve[-1], flush=True)
-        mine, theirs = expert.state_dict(), bundle.experts[name].state_dict()
-        same = mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
-        best = max(curve, key=lambda r: r["all"])
-        result["domains"][name] = {
-            "points": {p: len(s.targets) for p, s in parts.items()},
-            "curve": curve,
-            "best_epoch": best["epoch"],
-            "reproduces_bundle_expert": same,
-        }
-        print(name, "best epoch", best["epoch"], "reproduces the bundle's expert:", same, flush=True)
+    domains = {d: _domain_curve(bundle, k, train_seqs, valid, cfg) for k, d in enumerate(bundle.catalogue.domains)}
+    result = {"bundle": str(bundle_dir), "adapt_epochs": cfg.adapt_epochs, "domains": domains}
     out.write_text(json.dumps(result, indent=1) + "\n")
 
 
