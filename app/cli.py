@@ -202,6 +202,7 @@ def data_import(
 # -- pretrain -----------------------------------------------------------------------
 
 Device = Annotated[str, typer.Option(help="auto picks CUDA when available")]
+AdaptEpochs = Annotated[int, typer.Option(min=0, help="epochs of domain adaptation per expert")]
 
 
 def _run_pretrain(
@@ -261,7 +262,7 @@ def pretrain(
     patience: Annotated[
         int, typer.Option(min=1, help="epochs without a better validation NDCG@10 before the mixed model stops")
     ] = 10,
-    adapt_epochs: Annotated[int, typer.Option(min=0, help="epochs of domain adaptation per expert")] = 20,
+    adapt_epochs: AdaptEpochs = 20,
     seed: int = 42,
     device: Device = "auto",
 ) -> None:
@@ -614,7 +615,7 @@ def pipeline(
     run: Annotated[Path, typer.Option("--out", help="run folder: bundle/, regenerated/, summary.json, report.*")],
     targets: Annotated[str | None, typer.Option(help="comma-separated target domains (default: all)")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="max epochs of pretraining and of each downstream model")] = 200,
-    adapt_epochs: Annotated[int, typer.Option(min=0, help="epochs of domain adaptation per expert")] = 20,
+    adapt_epochs: AdaptEpochs = 20,
     seed: Annotated[int, typer.Option(help="pretraining seed; downstream seeds are seed, seed+1, ...")] = 42,
     device: Device = "auto",
     holdout: HoldoutEval = None,
