@@ -396,9 +396,11 @@ def _regenerate_to_file(
     fmt: str,
     unknown_items: str,
     options: Any,
+    keep: list | None = None,
 ) -> dict[str, int]:
     """Streams results into a temporary file renamed into place at the end, so a failure
-    (e.g. an unknown item) never leaves a truncated output behind."""
+    (e.g. an unknown item) never leaves a truncated output behind. keep, when given,
+    collects every decoded row too."""
     from models.decoding import iter_regenerate_external
     from models.output import to_output_line, write_jsonl, write_recbole
 
@@ -419,6 +421,8 @@ def _regenerate_to_file(
             on_progress=lambda n: bars(f"regenerate {target}", n, total or n, {}),
         ):
             totals["sequences"] += 1
+            if keep is not None:
+                keep.append(result)
             for k in ("kept", "replaced", "discarded"):
                 totals[k] += result.stats[k]
             yield to_output_line(result, engine.catalogue, target, users[totals["sequences"] - 1])
@@ -538,7 +542,9 @@ def _command_line() -> str:
     return " ".join(["taesar", *sys.argv[1:]])
 
 
-def _run_evaluation(ds: Any, cfg: Any, engine: Any, run: Path, extra: dict, resume: bool = False) -> None:
+def _run_evaluation(
+    ds: Any, cfg: Any, engine: Any, run: Path, extra: dict, resume: bool = False, predecoded: dict | None = None
+) -> None:
     from models.evaluation import Finished, run_evaluation
     from models.report import write_report
 
@@ -554,7 +560,9 @@ def _run_evaluation(ds: Any, cfg: Any, engine: Any, run: Path, extra: dict, resu
             f.write(json.dumps(done.to_json()) + "\n")
 
     with progress_bars() as bars:
-        evaluation = run_evaluation(ds, cfg, engine, progress=bars, on_result=on_result, finished=finished)
+        evaluation = run_evaluation(
+            ds, cfg, engine, progress=bars, on_result=on_result, finished=finished, predecoded=predecoded
+        )
     paths = write_report(evaluation, run, extra=extra)
     _print_summary(evaluation.report)
     out.print(f"report: {paths[2]}  ({len(paths) - 3} figures)")
@@ -658,16 +666,19 @@ def pipeline(
     engine = Regenerator(b.catalogue, b.mixed, b.experts, device=_device(device))
     records, total = _records(data, None, "train", b.catalogue, holdout)
     counts: dict[str, dict[str, int]] = {}
+    # the evaluation's variants that decode plainly (new, random_matched) reuse these rows
+    decoded: dict[str, list] | None = {} if eval_cfg is not None and eval_cfg.needs_decoding else None
     for target in chosen:
         path = run / "regenerated" / f"{ds.catalogue.domain_index(target):02d}.jsonl"
+        keep = None if decoded is None else decoded.setdefault(target, [])
         counts[target] = _regenerate_to_file(
-            engine, target, records, total, path, "jsonl", "error", _decode_options(None)
+            engine, target, records, total, path, "jsonl", "error", _decode_options(None), keep
         )
         counts[target]["file"] = str(path.relative_to(run))  # type: ignore[assignment]
     _print_counts(counts)
     summary: dict[str, Any] = {"data": str(data), "bundle": str(bundle_dir), "holdout": holdout, "targets": counts}
     if eval_cfg is not None:
-        _run_evaluation(ds, eval_cfg, engine, run, {"command": _command_line()}, resume)
+        _run_evaluation(ds, eval_cfg, engine, run, {"command": _command_line()}, resume, decoded)
         summary["report"] = "report.json"
     summary["wall_time_s"] = round(time.perf_counter() - started, 1)
     (run / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

@@ -234,11 +234,21 @@ def build_training_sets(
     *,
     data_seed: int = 0,
     progress: ProgressFn | None = None,
+    predecoded: Sequence[Regenerated] | None = None,
 ) -> dict[str, TrainingSet]:
-    """Every requested training set for T, from the users' training parts alone."""
+    """Every requested training set for T, from the users' training parts alone.
+
+    predecoded is the plain decode (DecodeOptions()) of these parts when the caller already
+    has it (the pipeline writes it to regenerated/ first); it stands in for that decode."""
     parts = [np.asarray(s, dtype=np.int64) for s in train_parts]
     sim = list(enumerate(_domain_only(parts, catalogue, target)))
     decoded: dict[DecodeOptions, list[Regenerated]] = {}
+    if predecoded is not None:
+        if len(predecoded) != len(parts) or any(
+            len(r.decisions) != len(p) for r, p in zip(predecoded, parts, strict=True)
+        ):
+            raise ValueError("predecoded rows are not a decode of these training parts")
+        decoded[DecodeOptions()] = list(predecoded)
     for v in variants:
         opts = _DECODED.get(v)
         if opts is None or opts in decoded:
@@ -507,10 +517,15 @@ class Plan:
 
 
 def plan_evaluation(
-    dataset: Dataset, cfg: EvalConfig, regenerator: Regenerator | None = None, progress: ProgressFn | None = None
+    dataset: Dataset,
+    cfg: EvalConfig,
+    regenerator: Regenerator | None = None,
+    progress: ProgressFn | None = None,
+    predecoded: Mapping[str, Sequence[Regenerated]] | None = None,
 ) -> Plan:
     """Build every training set (decoding where a variant needs it) and the list of
-    (target, backbone, variant, seed) trainings, in report order, with fingerprints."""
+    (target, backbone, variant, seed) trainings, in report order, with fingerprints.
+    predecoded: target -> the plain decode of every user's training part, already done."""
     cat = dataset.catalogue
     for t in cfg.targets:
         cat.domain_index(t)
@@ -522,7 +537,14 @@ def plan_evaluation(
     for target in cfg.targets:
         split = domain_split(dataset.sequences, cat, target, cfg.holdout, cfg.downstream.max_len)
         sets = build_training_sets(
-            parts, cat, target, cfg.variants, regenerator, data_seed=cfg.data_seed, progress=progress
+            parts,
+            cat,
+            target,
+            cfg.variants,
+            regenerator,
+            data_seed=cfg.data_seed,
+            progress=progress,
+            predecoded=(predecoded or {}).get(target),
         )
         original = domain_train_sequences(dataset.sequences, cat, target, cfg.holdout)
         per_target[target] = _target_info(split, sets, original, cat, cfg)
@@ -544,14 +566,16 @@ def run_evaluation(
     progress: ProgressFn | None = None,
     on_result: Callable[[Finished], None] | None = None,
     finished: Mapping[str, Finished] | None = None,
+    predecoded: Mapping[str, Sequence[Regenerated]] | None = None,
 ) -> Evaluation:
     """Train every (target, backbone, variant, seed) and collect the report's data.
 
     on_result gets each training as soon as it finishes (a long run's log); `finished`
     holds trainings of an earlier run by fingerprint, which are reused instead of rerun
-    when their fingerprint (training data, points, config, seed, threads) matches."""
+    when their fingerprint (training data, points, config, seed, threads) matches.
+    predecoded: as plan_evaluation's."""
     started = time.perf_counter()
-    plan = plan_evaluation(dataset, cfg, regenerator, progress)
+    plan = plan_evaluation(dataset, cfg, regenerator, progress, predecoded)
     tasks, prints, per_target = plan.tasks, plan.fingerprints, plan.targets
     reuse = {k: finished[fp] for k, fp in enumerate(prints) if finished and fp in finished}
     todo = [k for k in range(len(tasks)) if k not in reuse]

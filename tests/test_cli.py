@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,16 @@ def test_pipeline_reuses_a_given_bundle_and_logs_each_training(trained: tuple[Pa
         json.dumps(r, sort_keys=True) for r in report["results"]
     )
     assert report["config"]["jobs"] == 2 and report["config"]["downstream"]["lr"] == 0.001
+    # new trained on the rows written to regenerated/ (decoded once, for both)
+    written = json.loads((run / "summary.json").read_text())["targets"]["z"]
+    breakdown = report["targets"]["z"]["decisions"]["new"]
+    source = Counter(
+        (d["domain"], "replaced" if d["action"] == "replace" else f"discarded:{d['reason']}")
+        for line in read_lines(run / written["file"])
+        for d in line["decisions"]
+        if d["domain"] != "z"
+    )
+    assert source and source == Counter({(dom, k): n for dom, row in breakdown.items() for k, n in row.items() if n})
 
 
 def test_pipeline_refuses_a_bundle_trained_on_other_data(trained: tuple[Path, Path], tmp_path: Path) -> None:

@@ -117,6 +117,24 @@ def test_new_norepeat_is_new_reassembled_without_repeats_and_decodes_nothing_mor
     assert any(d.reason == "repeat" for r in direct for d in r.decisions)  # the rule had work to do
 
 
+def test_predecoded_rows_stand_in_for_the_plain_decode_and_nothing_else() -> None:
+    ds = _dataset(n_users=40)
+    parts = [train_part(s, 2) for s in ds.sequences]
+    regenerator, variants = _regenerator(), ["new", "random_matched", "no_global", "new_norepeat"]
+    fresh = build_training_sets(parts, CAT, "a", variants, regenerator)
+    plain = regenerator.regenerate([p.tolist() for p in parts], "a", DecodeOptions())
+    phases: list[str] = []
+    reused = build_training_sets(
+        parts, CAT, "a", variants, regenerator, progress=lambda phase, *_: phases.append(phase), predecoded=plain
+    )
+    assert set(phases) == {"regenerate a (no_global)"}  # the ablation still decodes; new's decode is not redone
+    for v in variants:
+        assert reused[v].regenerated == fresh[v].regenerated
+        assert [s.tolist() for s in reused[v].sequences] == [s.tolist() for s in fresh[v].sequences], v
+    with pytest.raises(ValueError, match="not a decode"):
+        build_training_sets(parts[1:], CAT, "a", ["new"], regenerator, predecoded=plain)
+
+
 def test_random_rows_draw_only_target_items_seen_in_training() -> None:
     parts = [np.array([0, 6, 7, 0, 12, 1]), np.array([6, 0, 13, 1])]  # a-items seen: 0 and 1
     sets = build_training_sets(parts, CAT, "a", ["random"], data_seed=3)
