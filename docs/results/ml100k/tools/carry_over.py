@@ -6,18 +6,24 @@ it plans the same evaluation (same data, bundle, config) to get each training's
 fingerprint, checks that every planned training set has the reported size, and writes
 one log line per training with the reported row and test ranks. Trainings that would
 not match are refused, not guessed; a variant whose decisions differ here (a float
-near-tie decided the other way on another CPU) is left out, so that it is retrained. Run from the repository root:
+near-tie decided the other way on another CPU) is left out, so that it is retrained.
 
-    python docs/results/ml100k/tools/carry_over.py REPORT_DIR DATA BUNDLE OUT/trainings.jsonl
+A fingerprint includes the torch thread count the training ran with: `job_threads` for a
+report run with `--jobs` above 1, otherwise the `--threads N` of the report's command
+(give THREADS when the command has none). Run from the repository root:
+
+    python docs/results/ml100k/tools/carry_over.py REPORT_DIR DATA BUNDLE OUT/trainings.jsonl [THREADS]
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from models.bundle import load_bundle
 from models.data import load_dataset
@@ -26,8 +32,23 @@ from models.downstream import DownstreamConfig
 from models.evaluation import EvalConfig, Finished, check_bundle, plan_evaluation
 
 
-def main(report_dir: Path, data: Path, bundle: Path, out: Path) -> None:
+def report_threads(report: dict, given: int | None = None) -> int:
+    """The torch thread count of the report's trainings (part of every fingerprint)."""
+    c = report["config"]
+    if c["jobs"] > 1:
+        return c["job_threads"]
+    if given is not None:
+        return given
+    m = re.search(r"--threads[ =](\d+)", report["command"])
+    if m is None:
+        sys.exit("the report's command does not say --threads: give THREADS")
+    return int(m.group(1))
+
+
+def main(report_dir: Path, data: Path, bundle: Path, out: Path, threads: int | None = None) -> None:
     report = json.loads((report_dir / "report.json").read_text())
+    # plan_evaluation fingerprints a --jobs 1 run with this process's torch thread count
+    torch.set_num_threads(report_threads(report, threads))
     ranks = np.load(report_dir / "ranks.npz")
     ds = load_dataset(data)
     if ds.fingerprint != report["data"]["fingerprint"]:
@@ -72,4 +93,4 @@ def main(report_dir: Path, data: Path, bundle: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(*map(Path, sys.argv[1:5]))
+    main(*map(Path, sys.argv[1:5]), *(int(a) for a in sys.argv[5:6]))
