@@ -555,7 +555,7 @@ def plan_evaluation(
             for variant in cfg.variants
             for seed in cfg.seeds
         ]
-    threads = cfg.job_threads if cfg.jobs > 1 else _torch_threads()
+    threads = _training_threads(cfg)
     return Plan(tasks, [t.fingerprint(cfg.downstream, threads) for t in tasks], per_target)
 
 
@@ -611,6 +611,7 @@ def run_evaluation(
             "data_seed": cfg.data_seed,
             "jobs": cfg.jobs,
             "job_threads": cfg.job_threads if cfg.jobs > 1 else None,
+            "threads": _training_threads(cfg),  # each training's torch threads, as fingerprinted
             "downstream": cfg.downstream.to_dict(),
         },
         "targets": per_target,
@@ -706,10 +707,11 @@ class Finished:
         return cls(str(obj["fingerprint"]), dict(obj["row"]), ranks)
 
 
-def _torch_threads() -> int:
+def _training_threads(cfg: EvalConfig) -> int:
+    """The torch thread count each training runs with: its pool process's, or this one's."""
     import torch
 
-    return torch.get_num_threads()
+    return cfg.job_threads if cfg.jobs > 1 else torch.get_num_threads()
 
 
 def _run_tasks(

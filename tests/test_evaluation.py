@@ -286,6 +286,9 @@ def test_parallel_jobs_give_the_numbers_of_a_serial_run(one_torch_thread: None) 
     for key, ranks in serial.ranks.items():
         np.testing.assert_array_equal(ranks, parallel.ranks[key])
     assert parallel.report["config"]["jobs"] == 2 and parallel.report["config"]["job_threads"] == 1
+    # the thread count the fingerprints used, so that a report alone can rebuild its log
+    assert parallel.report["config"]["threads"] == 1
+    assert serial.report["config"]["threads"] == torch.get_num_threads()
     with pytest.raises(DataError, match="jobs"):
         EvalConfig(targets=("a",), jobs=0)
 

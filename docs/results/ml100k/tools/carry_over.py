@@ -8,9 +8,10 @@ one log line per training with the reported row and test ranks. Trainings that w
 not match are refused, not guessed; a variant whose decisions differ here (a float
 near-tie decided the other way on another CPU) is left out, so that it is retrained.
 
-A fingerprint includes the torch thread count the training ran with: `job_threads` for a
-report run with `--jobs` above 1, otherwise the `--threads N` of the report's command
-(give THREADS when the command has none). Run from the repository root:
+A fingerprint includes the torch thread count the training ran with: the report's
+`config.threads` (reports written since 2026-12-03), or for an older report `job_threads`
+when it ran with `--jobs` above 1, otherwise the `--threads N` of its command (give
+THREADS when the command has none). Run from the repository root:
 
     python docs/results/ml100k/tools/carry_over.py REPORT_DIR DATA BUNDLE OUT/trainings.jsonl [THREADS]
 """
@@ -35,6 +36,8 @@ from models.evaluation import EvalConfig, Finished, check_bundle, plan_evaluatio
 def report_threads(report: dict, given: int | None = None) -> int:
     """The torch thread count of the report's trainings (part of every fingerprint)."""
     c = report["config"]
+    if c.get("threads") is not None:
+        return c["threads"]
     if c["jobs"] > 1:
         return c["job_threads"]
     if given is not None:
