@@ -33,15 +33,13 @@ def _global_options(
     threads: Annotated[
         int | None,
         typer.Option(
+            min=1,
             envvar="TAESAR_TORCH_THREADS",
             help="torch CPU threads (default: torch's choice; use 1 when other processes share the cores)",
         ),
     ] = None,
 ) -> None:
     if threads is not None:
-        if threads < 1:
-            err.print("[bold red]error:[/] --threads must be at least 1")
-            raise typer.Exit(2)
         import torch
 
         torch.set_num_threads(threads)
@@ -480,9 +478,19 @@ Variants = Annotated[
         "(docs/results/ml100k.md); 'all' for every one"
     ),
 ]
-Seeds = Annotated[int, typer.Option(help="downstream seeds per variant")]
-Patience = Annotated[int, typer.Option(help="downstream early stopping patience (validation NDCG@10)")]
-Lr = Annotated[float, typer.Option(help="downstream Adam learning rate (the paper's 3e-4 by default)")]
+Seeds = Annotated[int, typer.Option(min=1, help="downstream seeds per variant")]
+Patience = Annotated[int, typer.Option(min=1, help="downstream early stopping patience (validation NDCG@10)")]
+
+
+def _positive(value: float) -> float:
+    if not value > 0:  # also refuses nan
+        raise typer.BadParameter(f"{value} is not positive.")
+    return value
+
+
+Lr = Annotated[
+    float, typer.Option(callback=_positive, help="downstream Adam learning rate (the paper's 3e-4 by default)")
+]
 Resume = Annotated[
     bool,
     typer.Option(
@@ -493,8 +501,9 @@ Resume = Annotated[
 Jobs = Annotated[
     int,
     typer.Option(
+        min=1,
         help="downstream trainings run at once, each in its own process with --threads / jobs torch threads "
-        "(numbers depend on that thread count only)"
+        "(numbers depend on that thread count only)",
     ),
 ]
 
@@ -521,10 +530,6 @@ def _eval_config(
     from models.downstream import DownstreamConfig
     from models.evaluation import VARIANTS, EvalConfig
 
-    if seeds < 1 or epochs < 1 or patience < 1 or jobs < 1:
-        raise TaesarError("--seeds, --epochs, --patience and --jobs must be at least 1")
-    if not lr > 0:
-        raise TaesarError("--lr must be positive")
     chosen = list(VARIANTS) if variants.strip() == "all" else _split_list(variants)
     return EvalConfig(
         targets=tuple(targets),
@@ -708,7 +713,7 @@ def evaluate(
     seeds: Seeds = 1,
     seed: Annotated[int, typer.Option(help="first downstream seed")] = 0,
     holdout: HoldoutEval = None,
-    epochs: Annotated[int, typer.Option(help="max epochs per downstream model (early stopping)")] = 200,
+    epochs: Annotated[int, typer.Option(min=1, help="max epochs per downstream model (early stopping)")] = 200,
     patience: Patience = 10,
     jobs: Jobs = 1,
     resume: Resume = False,
@@ -814,15 +819,15 @@ def serve(
 @app.command()
 @user_errors
 def worker(
-    concurrency: Annotated[int, typer.Option(help="1 = one solo process (one per GPU); N > 1 = prefork on CPU")] = 1,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="1 = one solo process (one per GPU); N > 1 = prefork on CPU")
+    ] = 1,
     loglevel: str = "INFO",
     queues: Annotated[str | None, typer.Option(help="comma-separated Celery queues (default: the API's queue)")] = None,
 ) -> None:
     """Run a Celery worker that decodes queued job chunks (same TAESAR_* settings as the API)."""
     from workers.main import worker_command
 
-    if concurrency < 1:
-        raise TaesarError("--concurrency must be at least 1")
     worker_command(concurrency=concurrency, loglevel=loglevel, queues=queues)
 
 

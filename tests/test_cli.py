@@ -131,6 +131,16 @@ def test_pretrain_records_its_early_stopping_patience_in_the_bundle(trained: tup
         (["pipeline", "--data", "d", "--out", "r", "--adapt-epochs", "-1"], "--adapt-epochs"),
         (["evaluate", "--data", "d", "--out", "r", "--target", "z", "--holdout", "0"], "--holdout"),
         (["data", "ml100k", "--out", "d", "--holdout", "0"], "--holdout"),
+        (["evaluate", "--data", "d", "--out", "r", "--target", "z", "--seeds", "0"], "--seeds"),
+        (["evaluate", "--data", "d", "--out", "r", "--target", "z", "--epochs", "0"], "--epochs"),
+        (["evaluate", "--data", "d", "--out", "r", "--target", "z", "--patience", "0"], "--patience"),
+        (["evaluate", "--data", "d", "--out", "r", "--target", "z", "--jobs", "0"], "--jobs"),
+        (["evaluate", "--data", "d", "--out", "r", "--target", "z", "--lr", "0"], "--lr"),
+        (["pipeline", "--data", "d", "--out", "r", "--seeds", "0"], "--seeds"),
+        (["pipeline", "--data", "d", "--out", "r", "--lr", "-0.001"], "--lr"),
+        (["pipeline", "--data", "d", "--out", "r", "--lr", "nan"], "--lr"),
+        (["--threads", "0", "info", "b"], "--threads"),
+        (["worker", "--concurrency", "0"], "--concurrency"),
     ],
 )
 def test_out_of_range_numbers_are_refused_before_any_work(args: list[str], option: str) -> None:
