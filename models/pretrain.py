@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,6 +66,15 @@ class TrainConfig:
         bad = [n for n in positive if getattr(self, n) < 1] + (["adapt_epochs"] if self.adapt_epochs < 0 else [])
         if bad or self.lr <= 0:
             raise ValueError(f"TrainConfig values out of range: {bad or ['lr']}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """The config a bundle's manifest records under "training" (which also holds the
+        run's history and timings: keys that are not fields are ignored)."""
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if "ks" in fields:
+            fields["ks"] = tuple(fields["ks"])
+        return cls(**fields)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 from app.cli import app
 from models.bundle import read_manifest
 from models.data import load_dataset, train_part
+from models.pretrain import TrainConfig
 from tests.synthetic import make_log
 
 DOMAINS = ["Bücher & Co", "electronics", "z"]
@@ -118,6 +120,10 @@ def test_user_mistakes_end_in_one_error_line_and_exit_code_2(args: list[str], me
 def test_pretrain_records_its_early_stopping_patience_in_the_bundle(trained: tuple[Path, Path]) -> None:
     training = read_manifest(trained[1])["training"]
     assert (training["patience"], training["epochs"], training["adapt_epochs"]) == (3, 2, 1)
+    # and the manifest gives the config back, the run's history and timings aside
+    cfg = TrainConfig.from_dict(training)
+    assert isinstance(cfg.ks, tuple) and cfg.patience == 3
+    assert asdict(cfg) | {"ks": list(cfg.ks)} == {k: training[k] for k in asdict(cfg)}
 
 
 @pytest.mark.parametrize(

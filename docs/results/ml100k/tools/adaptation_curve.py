@@ -90,9 +90,7 @@ def main(data: Path, bundle_dir: Path, out: Path, adapt_lr: float | None = None)
     ds, bundle = load_dataset(data), load_bundle(bundle_dir)
     if ds.fingerprint != bundle.manifest["data_fingerprint"]:
         sys.exit("the bundle was not trained on this data (fingerprints differ)")
-    t = bundle.manifest["training"]
-    fields = set(TrainConfig.__dataclass_fields__)
-    cfg = TrainConfig(**{k: (tuple(v) if k == "ks" else v) for k, v in t.items() if k in fields} | {"device": "cpu"})
+    cfg = replace(TrainConfig.from_dict(bundle.manifest["training"]), device="cpu")
     if adapt_lr is not None:
         cfg = replace(cfg, lr=adapt_lr)
     train_seqs = [train_part(np.asarray(s, dtype=np.int64), cfg.holdout) for s in ds.sequences]
