@@ -26,18 +26,18 @@ _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <key>
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the same key in an `X-API-Key` header")
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_engines(request: Request) -> Engines:
+async def get_engines(request: Request) -> Engines:
     engines = getattr(request.app.state, "engines", None)
     if engines is None:  # only while the lifespan has not run (e.g. a client used without `with`)
         raise ApiError("model_not_ready", "the service is starting", headers={"Retry-After": "5"})
     return engines
 
 
-def get_redis(request: Request) -> Redis:
+async def get_redis(request: Request) -> Redis:
     """The shared asyncio Redis client (job state, readiness); created in the lifespan."""
     return request.app.state.redis
 
@@ -62,7 +62,7 @@ def key_matches(presented: str, keys: list[str]) -> bool:
     return matched
 
 
-def get_caller(
+async def get_caller(
     request: Request,
     settings: SettingsDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,29 @@ async def test_decoding_runs_off_the_event_loop(model_dir: Path, catalogue: dict
         waited = time.perf_counter() - started
     assert health.status_code == 200 and waited < 0.25
     assert answers == [200]
+
+
+async def test_requests_that_decode_nothing_need_no_worker_thread(model_dir: Path) -> None:
+    """Authentication, settings, Redis and job-store dependencies run on the event loop: with
+    every worker thread busy (here the only one), /models and /jobs still answer at once."""
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    tokens, limiter.total_tokens = limiter.total_tokens, 1
+    release = threading.Event()
+    headers = {"X-API-Key": "k-one"}
+    try:
+        async with api_client(settings_for(model_dir, api_keys=["k-one"])) as client, anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, release.wait)
+            try:
+                while limiter.borrowed_tokens < 1:
+                    await anyio.sleep(0.01)
+                with anyio.fail_after(10):  # a dependency needing a thread would wait for release
+                    models = await client.get("/models", headers=headers)
+                    job = await client.get("/jobs/no-such-job", headers=headers)
+            finally:
+                release.set()  # the busy thread ends, so a timeout fails the test instead of hanging it
+    finally:
+        limiter.total_tokens = tokens
+    assert models.status_code == 200 and job.status_code == 404
 
 
 # -- /models, health, metrics -------------------------------------------------------------

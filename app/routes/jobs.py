@@ -71,11 +71,11 @@ Where = tuple[str, int]
 # -- dependencies -----------------------------------------------------------------------
 
 
-def get_store(redis: RedisDep, settings: SettingsDep) -> JobStore:
+async def get_store(redis: RedisDep, settings: SettingsDep) -> JobStore:
     return JobStore(redis, settings.key_prefix, settings.job_ttl_s)
 
 
-def get_producer(request: Request, settings: SettingsDep) -> Celery:
+async def get_producer(request: Request, settings: SettingsDep) -> Celery:
     """A send-only Celery app, built once per API app (no connection until the first send)."""
     producer = getattr(request.app.state, "job_producer", None)
     if producer is None:
