@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -483,8 +484,8 @@ Patience = Annotated[int, typer.Option(min=1, help="downstream early stopping pa
 
 
 def _positive(value: float) -> float:
-    if not value > 0:  # also refuses nan
-        raise typer.BadParameter(f"{value} is not positive.")
+    if not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} is not a positive finite number.")
     return value
 
 

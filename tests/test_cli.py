@@ -145,6 +145,7 @@ def test_pretrain_records_its_early_stopping_patience_in_the_bundle(trained: tup
         (["pipeline", "--data", "d", "--out", "r", "--seeds", "0"], "--seeds"),
         (["pipeline", "--data", "d", "--out", "r", "--lr", "-0.001"], "--lr"),
         (["pipeline", "--data", "d", "--out", "r", "--lr", "nan"], "--lr"),
+        (["pipeline", "--data", "d", "--out", "r", "--lr", "inf"], "--lr"),
         (["--threads", "0", "info", "b"], "--threads"),
         (["worker", "--concurrency", "0"], "--concurrency"),
     ],
