@@ -14,6 +14,7 @@ training set, config and seed give the same numbers.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -125,7 +126,7 @@ class DownstreamConfig:
 
     def __post_init__(self) -> None:
         bad = [n for n in ("epochs", "patience", "batch_size", "eval_batch_size", "max_len") if getattr(self, n) < 1]
-        if bad or self.lr <= 0:
+        if bad or not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"DownstreamConfig values out of range: {bad or ['lr']}")
         if 10 not in self.ks:
             raise ValueError("ks must include 10: model selection uses validation NDCG@10")

@@ -22,6 +22,7 @@ positions then see less context than max_len, which is the price of using all da
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -64,7 +65,7 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         positive = ("epochs", "patience", "batch_size", "eval_batch_size", "holdout")
         bad = [n for n in positive if getattr(self, n) < 1] + (["adapt_epochs"] if self.adapt_epochs < 0 else [])
-        if bad or self.lr <= 0:
+        if bad or not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"TrainConfig values out of range: {bad or ['lr']}")
 
     @classmethod

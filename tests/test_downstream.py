@@ -118,3 +118,6 @@ def test_unknown_backbones_and_bad_configs_are_refused() -> None:
         DownstreamConfig(ks=(20,))
     with pytest.raises(ValueError):
         DownstreamConfig(epochs=0)
+    for lr in (0.0, -1e-3, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="lr"):
+            DownstreamConfig(lr=lr)

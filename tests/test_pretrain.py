@@ -211,3 +211,6 @@ def test_train_config_rejects_bad_values() -> None:
         TrainConfig(device="tpu")
     with pytest.raises(ValueError, match="patience"):
         TrainConfig(patience=0)
+    for lr in (0.0, -1e-3, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="lr"):
+            TrainConfig(lr=lr)
