@@ -27,16 +27,16 @@ def _key(row: dict) -> tuple:
 def used_lines(log_lines: list[str], report: dict) -> list[str]:
     seeds = set(report["config"]["seeds"])
     rows = {_key(r): r for r in report["results"]}
+    logged = [json.loads(line)["row"] for line in log_lines]
     last: dict[tuple, int] = {}
-    for i, line in enumerate(log_lines):
-        row = json.loads(line)["row"]
+    for i, row in enumerate(logged):
         if row["seed"] in seeds and _key(row) in rows and rows[_key(row)]["metrics"] == row["metrics"]:
             last[_key(row)] = i
     missing = sorted(set(rows) - set(last))
     if missing:
         sys.exit(f"{len(missing)} report rows have no log line, e.g. {missing[0]}")
     chosen = set(last.values())
-    return [line for i, line in enumerate(log_lines) if i in chosen or json.loads(line)["row"]["seed"] not in seeds]
+    return [line for i, line in enumerate(log_lines) if i in chosen or logged[i]["seed"] not in seeds]
 
 
 def main(log: Path, report_dir: Path) -> None:
