@@ -262,7 +262,19 @@ def build_training_sets(
         if opts.drop_repeats:
             t = catalogue.domain_index(target)
             decoded[opts] = [_reassemble(r, t, drop_repeats=True) for r in decoded[base]]
+    # One stream of popularity draws in a fixed order, random's (every source position)
+    # then random_matched's, whichever of the two were asked for and in whatever order, so
+    # a training set never depends on which other variants were requested.
     rng = np.random.default_rng([data_seed, catalogue.domain_index(target)])
+    drawn: dict[str, list[np.ndarray]] = {}
+    if "random" in variants or "random_matched" in variants:
+        drawn["random"] = _random_rows(parts, catalogue, target, rng)
+    if "random_matched" in variants:
+        where = [
+            np.array([d.position for d in r.decisions if d.action == "replace"], np.int64)
+            for r in decoded[_DECODED["random_matched"]]
+        ]
+        drawn["random_matched"] = _random_rows(parts, catalogue, target, rng, where)
     out: dict[str, TrainingSet] = {}
     for v in variants:
         regen = decoded.get(_DECODED.get(v))  # type: ignore[arg-type]
@@ -272,14 +284,8 @@ def build_training_sets(
             out[v] = TrainingSet(v, *_rows(sim + sim))
         elif v == "full":
             out[v] = TrainingSet(v, *_rows(list(enumerate(parts))), mixed=True)
-        elif v in ("random", "random_matched"):
-            where = None
-            if v == "random_matched":
-                where = [
-                    np.array([d.position for d in r.decisions if d.action == "replace"], np.int64) for r in regen or []
-                ]
-            extra = _random_rows(parts, catalogue, target, rng, where)
-            out[v] = TrainingSet(v, *_append(sim, list(enumerate(extra))))
+        elif v in drawn:
+            out[v] = TrainingSet(v, *_append(sim, list(enumerate(drawn[v]))))
         else:
             extra = [np.array(r.sequence, dtype=np.int64) for r in regen or []]
             out[v] = TrainingSet(v, *_append(sim, list(enumerate(extra))), regenerated=regen)

@@ -142,6 +142,25 @@ def test_random_rows_draw_only_target_items_seen_in_training() -> None:
     assert set(drawn.tolist()) <= {0, 1}
 
 
+def test_popularity_drawn_sets_do_not_depend_on_the_other_variants_requested() -> None:
+    """`random` and `random_matched` share one stream of draws; asking for either alone,
+    or for both in either order, gives the same rows, so a set has one fingerprint."""
+    ds = _dataset(n_users=40)
+    parts = [train_part(s, 2) for s in ds.sequences]
+    regenerator = _regenerator()
+    plain = regenerator.regenerate([p.tolist() for p in parts], "a", DecodeOptions())
+
+    def rows(variants: list[str], v: str) -> list[list[int]]:
+        sets = build_training_sets(parts, CAT, "a", variants, regenerator, data_seed=5, predecoded=plain)
+        return [r.tolist() for r in sets[v].sequences]
+
+    both = rows(["random", "random_matched"], "random_matched")
+    assert rows(["random_matched"], "random_matched") == both
+    assert rows(["random_matched", "random"], "random_matched") == both
+    assert rows(["random_matched", "random"], "random") == rows(["random"], "random")
+    assert rows(["random"], "random") != both  # two different sets, not one drawn twice
+
+
 def test_decoded_variants_need_a_bundle() -> None:
     with pytest.raises(DataError, match="needs a bundle"):
         build_training_sets([np.array([0, 6, 1])], CAT, "a", ["new"])
