@@ -201,6 +201,10 @@ def data_import(
 # -- pretrain -----------------------------------------------------------------------
 
 Device = Annotated[str, typer.Option(help="auto picks CUDA when available")]
+HoldoutEval = Annotated[
+    int | None,
+    typer.Option(min=1, help="leave-N-out: last N positions test, N before them valid (default: the dataset's)"),
+]
 AdaptEpochs = Annotated[int, typer.Option(min=0, help="epochs of domain adaptation per expert")]
 
 
@@ -262,11 +266,16 @@ def pretrain(
         int, typer.Option(min=1, help="epochs without a better validation NDCG@10 before the mixed model stops")
     ] = 10,
     adapt_epochs: AdaptEpochs = 20,
-    seed: int = 42,
+    seed: Annotated[int, typer.Option(help="seed of initialisation and batch order")] = 42,
     device: Device = "auto",
+    holdout: HoldoutEval = None,
 ) -> None:
-    """Stage I: train the mixed model, then one expert per domain; write a bundle."""
-    _run_pretrain(data, bundle, epochs, adapt_epochs, seed, device, patience=patience)
+    """Stage I: train the mixed model, then one expert per domain; write a bundle.
+
+    The models never see the last 2 x holdout positions of a sequence, so the bundle can
+    be evaluated or exported with that holdout or any smaller one.
+    """
+    _run_pretrain(data, bundle, epochs, adapt_epochs, seed, device, holdout, patience)
 
 
 # -- regenerate ---------------------------------------------------------------------
@@ -466,10 +475,6 @@ def _print_counts(per_domain: dict[str, dict[str, int]]) -> None:
 
 # -- evaluate and export ----------------------------------------------------------------
 
-HoldoutEval = Annotated[
-    int | None,
-    typer.Option(min=1, help="leave-N-out: last N positions test, N before them valid (default: the dataset's)"),
-]
 Backbones = Annotated[str, typer.Option(help="comma-separated: sasrec, gru4rec")]
 Variants = Annotated[
     str,
@@ -653,6 +658,7 @@ def pipeline(
     from models.data import load_dataset
     from models.decoding import Regenerator
     from models.evaluation import check_bundle
+    from models.output import file_names
 
     started = time.perf_counter()
     ds = load_dataset(data)
@@ -674,8 +680,9 @@ def pipeline(
     counts: dict[str, dict[str, int]] = {}
     # the evaluation's variants that decode plainly (new, random_matched) reuse these rows
     decoded: dict[str, list] | None = {} if eval_cfg is not None and eval_cfg.needs_decoding else None
+    names = file_names(ds.catalogue.domains)  # one file per domain, named after it
     for target in chosen:
-        path = run / "regenerated" / f"{ds.catalogue.domain_index(target):02d}.jsonl"
+        path = run / "regenerated" / f"{names[target]}.jsonl"
         keep = None if decoded is None else decoded.setdefault(target, [])
         counts[target] = _regenerate_to_file(
             engine, target, records, total, path, "jsonl", "error", _decode_options(None), keep
@@ -712,7 +719,7 @@ def evaluate(
     backbones: Backbones = "sasrec",
     variants: Variants = "sim,full,new,random",
     seeds: Seeds = 1,
-    seed: Annotated[int, typer.Option(help="first downstream seed")] = 0,
+    seed: Annotated[int, typer.Option(help="first downstream seed; the next ones are seed+1, ...")] = 42,
     holdout: HoldoutEval = None,
     epochs: Annotated[int, typer.Option(min=1, help="max epochs per downstream model (early stopping)")] = 200,
     patience: Patience = 10,
@@ -749,7 +756,9 @@ def export_recbole(
     variants: Variants = "sim,full,new,random",
     holdout: HoldoutEval = None,
     max_len: Annotated[int, typer.Option(help="longest history written per row")] = 128,
-    seed: Annotated[int, typer.Option(help="seed of the random baselines' draws")] = 0,
+    data_seed: Annotated[
+        int, typer.Option(help="seed of the random baselines' draws (taesar evaluate draws with 0)")
+    ] = 0,
     device: Device = "auto",
 ) -> None:
     """Write each training set with the shared valid/test points as RecBole atomic files (docs/recbole.md)."""
@@ -766,7 +775,7 @@ def export_recbole(
     engine = _engine_for(bundle, ds, holdout, device)
     with progress_bars() as bars:
         written = export_recbole(
-            ds, target, chosen, out_dir, holdout=holdout, regenerator=engine, max_len=max_len, data_seed=seed,
+            ds, target, chosen, out_dir, holdout=holdout, regenerator=engine, max_len=max_len, data_seed=data_seed,
             progress=bars,
         )  # fmt: skip
     table = Table(title=f"RecBole datasets in {out_dir}")

@@ -70,12 +70,12 @@ class RequestObserver:
             )
 
     def _route(self, scope: Scope) -> str:
-        route = getattr(scope.get("route"), "path", None)
-        if route:
-            return route
+        # every offline docs asset under one label, the patched ReDoc bundle (a route of
+        # its own) included
         if scope["path"].startswith(self.static_prefix):
             return self.static_prefix
-        return metrics.UNMATCHED_ROUTE
+        route = getattr(scope.get("route"), "path", None)
+        return route or metrics.UNMATCHED_ROUTE
 
 
 class BodyTooLarge(HTTPException):

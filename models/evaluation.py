@@ -44,7 +44,7 @@ from models.decoding import NO_CONTEXT, DecodeOptions, Regenerated, Regenerator,
 from models.downstream import BACKBONES, DownstreamConfig, eval_set, next_item_rows, train_downstream
 from models.errors import DataError
 from models.metrics import hit_at_k, mrr_at_k, ndcg_at_k
-from models.output import RecboleWriter
+from models.output import RecboleWriter, safe_file_name
 from models.pretrain import EvalSet
 
 __all__ = [
@@ -335,7 +335,8 @@ def check_bundle(manifest: dict[str, Any], dataset: Dataset, holdout: int) -> No
     if trained < holdout:
         raise DataError(
             f"the bundle was trained with holdout {trained}, so its models saw positions that holdout {holdout} "
-            f"evaluates; pretrain with --holdout {holdout} (taesar pipeline does)"
+            f"evaluates; train a bundle for it with `taesar pretrain --holdout {holdout}` (or prepare the data "
+            f"with `taesar data ... --holdout {holdout}`, or let `taesar pipeline --holdout {holdout}` pretrain)"
         )
 
 
@@ -833,7 +834,7 @@ def export_recbole(
     }
     written: dict[str, dict[str, int]] = {}
     for variant, tset in sets.items():
-        name = _safe_name(f"{target}-{variant}")
+        name = safe_file_name(f"{target}-{variant}")
         folder = Path(out_dir) / name
         rows = {
             "train": [
@@ -852,7 +853,3 @@ def _write_inter(path: Path, rows: Sequence[tuple[str, list[int]]], cat: Catalog
         for user, seq in rows:
             w.write(user, [cat.external(int(i)) for i in seq])
         return w.written
-
-
-def _safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)

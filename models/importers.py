@@ -172,7 +172,7 @@ def _check_columns(path: Path, header: list[str], wanted: list[str]) -> None:
     flags = " / ".join(f"--{_FLAGS[canon[c]]}" for c in missing)
     raise DataError(
         f"{path}: missing column(s) {', '.join(map(repr, missing))}; the file has {', '.join(map(repr, header))}; "
-        f"name the right columns with {flags} (or the matching *_col arguments)",
+        f"name the right columns with {flags}",
         {"missing": missing, "present": header},
     )
 
@@ -256,7 +256,7 @@ def _first_line(exc: BaseException) -> str:
 def fetch_recbole_wheel(cache_dir: Path) -> Path:
     """The RecBole wheel (which ships ml-100k) in `cache_dir`, downloaded by pip if absent."""
     cache_dir = Path(cache_dir)
-    found = _cached_wheel(cache_dir)
+    found = cached_wheel(cache_dir)
     if found is not None:
         return found
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -268,13 +268,15 @@ def fetch_recbole_wheel(cache_dir: Path) -> Path:
     if proc.returncode != 0:
         last = next((ln for ln in reversed((proc.stderr or "").splitlines()) if ln.strip()), "no message")
         raise DataError(f"pip could not download recbole=={RECBOLE_VERSION} into {cache_dir}: {last.strip()}")
-    found = _cached_wheel(cache_dir)
+    found = cached_wheel(cache_dir)
     if found is None:
         raise DataError(f"pip finished but no recbole-{RECBOLE_VERSION} wheel is in {cache_dir}")
     return found
 
 
-def _cached_wheel(cache_dir: Path) -> Path | None:
+def cached_wheel(cache_dir: Path) -> Path | None:
+    """The RecBole wheel already in `cache_dir`, or None."""
+    cache_dir = Path(cache_dir)
     wheels = sorted(cache_dir.glob(f"recbole-{RECBOLE_VERSION}-*.whl")) if cache_dir.is_dir() else []
     return wheels[0] if wheels else None
 

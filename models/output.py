@@ -25,6 +25,33 @@ _W = TypeVar("_W", bound="_LineWriter")
 RECBOLE_HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token"
 
 
+# -- file names -----------------------------------------------------------------------
+
+
+def safe_file_name(name: str) -> str:
+    """`name` with every character other than a letter, digit, '-' or '_' replaced by '_'."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "_"
+
+
+def file_names(names: Sequence[str]) -> dict[str, str]:
+    """A distinct safe file name per name, stable for a given list.
+
+    Two names that only differ in characters replaced by '_' or in case ('a b' and 'a_b',
+    'Books' and 'books' on a case-insensitive file system) would share a file: from the
+    second one on, such names get their position in `names` as a suffix.
+    """
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    for i, name in enumerate(names):
+        base = safe_file_name(name)
+        candidate = base if base.lower() not in taken else f"{base}-{i}"
+        while candidate.lower() in taken:
+            candidate += "_"
+        taken.add(candidate.lower())
+        out[name] = candidate
+    return out
+
+
 # -- output lines ---------------------------------------------------------------------
 
 

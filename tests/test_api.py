@@ -332,6 +332,15 @@ async def test_metrics_count_requests_and_decisions(model_dir: Path, catalogue: 
     assert "taesar_queue_depth" in text
 
 
+async def test_metrics_count_every_offline_docs_asset_under_one_route_label(model_dir: Path) -> None:
+    async with api_client(settings_for(model_dir)) as client:
+        for asset in ("redoc.standalone.js", "swagger-ui-bundle.js", "favicon.png"):  # a route and two static files
+            assert (await client.get(f"/static-offline-docs/{asset}")).status_code == 200
+        text = (await client.get("/metrics")).text
+    routes = {line.split('route="')[1].split('"')[0] for line in text.splitlines() if "static-offline" in line}
+    assert routes == {"/static-offline-docs"}
+
+
 async def test_request_id_is_echoed_or_made_up(model_dir: Path) -> None:
     async with api_client(settings_for(model_dir)) as client:
         given = await client.get("/healthz", headers={"X-Request-ID": "abc-123"})

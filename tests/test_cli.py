@@ -184,9 +184,51 @@ def test_pipeline_regenerates_the_chosen_targets_and_writes_a_summary(
     assert code == 0, output
     summary = json.loads((run / "summary.json").read_text())
     assert list(summary["targets"]) == ["z", "electronics"]
+    assert [t["file"] for t in summary["targets"].values()] == ["regenerated/z.jsonl", "regenerated/electronics.jsonl"]
     for stats in summary["targets"].values():
         assert (run / stats["file"]).is_file()
         assert stats["sequences"] == len(load_dataset(data).user_ids)
+
+
+def test_a_bundle_trained_for_a_smaller_holdout_is_refused_with_a_hint_that_works(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, bundle = trained  # the dataset's holdout: 1
+    export = ["export", "recbole", "--data", data, "--target", "z", "--variants", "sim,new", "--holdout", "2"]
+    code, output = invoke(*export, "--bundle", bundle, "--out", tmp_path / "refused")
+    assert code == 2 and "trained with holdout 1" in output and "taesar pretrain --holdout 2" in output
+    assert not (tmp_path / "refused").exists()
+    code, output = invoke(
+        "pretrain", "--data", data, "--out", tmp_path / "b2", "--epochs", 1, "--adapt-epochs", 1, "--holdout", 2
+    )
+    assert code == 0, output
+    assert read_manifest(tmp_path / "b2")["training"]["holdout"] == 2
+    code, output = invoke(*export, "--bundle", tmp_path / "b2", "--out", tmp_path / "exported")
+    assert code == 0, output
+    assert (tmp_path / "exported" / "z-new" / "z-new.test.inter").is_file()
+
+
+def test_pipeline_names_each_regenerated_file_after_its_domain(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, bundle = trained
+    run = tmp_path / "run"
+    code, output = invoke("pipeline", "--data", data, "--out", run, "--bundle", bundle, "--no-evaluate")
+    assert code == 0, output
+    files = {t: v["file"] for t, v in json.loads((run / "summary.json").read_text())["targets"].items()}
+    assert files == {"Bücher & Co": "regenerated/Bücher___Co.jsonl", "electronics": "regenerated/electronics.jsonl",
+                     "z": "regenerated/z.jsonl"}  # fmt: skip
+    assert sorted(p.name for p in (run / "regenerated").iterdir()) == sorted(Path(f).name for f in files.values())
+    assert {read_lines(run / f)[0]["target_domain"] for f in files.values()} == set(files)
+
+
+def test_evaluate_and_pipeline_share_the_default_seed() -> None:
+    import typer.main
+
+    command = typer.main.get_command(app)
+    defaults = {
+        name: next(p.default for p in command.commands[name].params if p.name == "seed")
+        for name in ("pretrain", "pipeline", "evaluate")
+    }
+    assert defaults == {"pretrain": 42, "pipeline": 42, "evaluate": 42}
 
 
 def test_pipeline_reuses_a_given_bundle_and_logs_each_training(trained: tuple[Path, Path], tmp_path: Path) -> None:

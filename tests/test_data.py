@@ -23,7 +23,6 @@ from models.data import (
 from models.errors import DataError
 from models.importers import read_interactions, read_ml100k_recbole
 
-REAL_WHEEL = Path("/tmp/rb/recbole-1.2.1-py3-none-any.whl")
 NO_FILTERS = PrepConfig(require_all_domains=False, k_core=1, max_len=1000, holdout=1)
 
 
@@ -318,9 +317,8 @@ def test_odd_domain_names_work_from_file_to_saved_dataset(tmp_path: Path) -> Non
     assert summarize(back)["domains"]["home & garden"] == {"items": 2, "interactions": 8}  # round 0 cut
 
 
-@pytest.mark.skipif(not REAL_WHEEL.exists(), reason="RecBole wheel not cached at /tmp/rb")
-def test_real_ml100k_prepares_into_four_domains_of_at_least_150_items() -> None:
-    ds = prepare(read_ml100k_recbole(REAL_WHEEL), PrepConfig(), source="ml-100k")
+def test_real_ml100k_prepares_into_four_domains_of_at_least_150_items(real_wheel: Path) -> None:
+    ds = prepare(read_ml100k_recbole(real_wheel), PrepConfig(), source="ml-100k")
     assert ds.catalogue.n_domains == 4
     assert all(ds.catalogue.domain_size(d) >= 150 for d in ds.catalogue.domains)
     assert all(4 <= len(s) <= 128 for s in ds.sequences)

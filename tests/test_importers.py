@@ -19,8 +19,6 @@ from models.importers import (
     read_ml100k_recbole,
 )
 
-REAL_WHEEL = Path("/tmp/rb/recbole-1.2.1-py3-none-any.whl")
-
 LOG = pd.DataFrame(
     {
         "user_id": ["007", "007", "b", "b"],
@@ -135,6 +133,7 @@ def test_missing_columns_lists_missing_present_and_flags(tmp_path: Path) -> None
     msg = str(info.value)
     assert "log.csv" in msg and "'item_id', 'domain'" in msg and "'movie'" in msg and "'genre'" in msg
     assert "--item-col" in msg and "--domain-col" in msg and "--user-col" not in msg
+    assert "_col arg" not in msg and msg.endswith("name the right columns with --item-col / --domain-col")
     assert "\n" not in msg
 
 
@@ -314,9 +313,8 @@ def test_ratings_of_unknown_items_are_reported(tmp_path: Path) -> None:
         read_ml100k_grouplens(folder, min_domain_items=0)
 
 
-@pytest.mark.skipif(not REAL_WHEEL.exists(), reason="RecBole wheel not cached at /tmp/rb")
-def test_real_ml100k_wheel_has_expected_counts_and_four_big_domains() -> None:
-    df = read_ml100k_recbole(REAL_WHEEL)
+def test_real_ml100k_wheel_has_expected_counts_and_four_big_domains(real_wheel: Path) -> None:
+    df = read_ml100k_recbole(real_wheel)
     assert (len(df), df["user_id"].nunique(), df["item_id"].nunique()) == (100000, 943, 1682)
     items = df.drop_duplicates("item_id")["domain"].value_counts()
     assert set(items.index) == set(ML100K_DOMAINS) and items.min() >= 150

@@ -119,3 +119,15 @@ def test_reader_reports_bad_lines_with_their_line_number(tmp_path: Path, text: s
 def test_reader_reports_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not found"):
         list(read_jsonl_input(tmp_path / "nope.jsonl"))
+
+
+def test_file_names_are_safe_and_distinct_even_when_names_differ_only_in_replaced_characters() -> None:
+    from models.output import file_names
+
+    names = ["Books", "home & garden", "home_&_garden", "books", "日本", "../etc", ""]
+    out = file_names(names)
+    assert out["Books"] == "Books" and out["home & garden"] == "home___garden" and out["日本"] == "日本"
+    assert out["home_&_garden"] == "home___garden-2" and out["books"] == "books-3"  # case-insensitive file systems
+    assert out["../etc"] == "___etc" and out[""] == "_"
+    assert len({v.lower() for v in out.values()}) == len(names)
+    assert all("/" not in v and v not in (".", "..") for v in out.values())

@@ -21,10 +21,9 @@ def worker_argv(concurrency: int = 1, loglevel: str = "INFO", queues: str | None
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
     argv = ["worker", f"--loglevel={loglevel}", "--without-gossip", "--without-mingle", "--without-heartbeat"]
-    if concurrency == 1:
-        argv += ["--pool=solo"]
-    else:
-        argv += ["--pool=prefork", f"--concurrency={concurrency}"]
+    # solo runs tasks in the main process; without --concurrency=1 Celery's banner
+    # would report its default, the CPU count
+    argv += ["--pool=solo" if concurrency == 1 else "--pool=prefork", f"--concurrency={concurrency}"]
     if queues:  # default: the queue the API sends to (workers.celery_app.queue_name)
         argv += [f"--queues={queues}"]
     return argv
