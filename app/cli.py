@@ -200,6 +200,13 @@ def data_import(
 
 # -- pretrain -----------------------------------------------------------------------
 
+
+def _positive(value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} is not a positive finite number.")
+    return value
+
+
 Device = Annotated[str, typer.Option(help="auto picks CUDA when available")]
 HoldoutEval = Annotated[
     int | None,
@@ -217,20 +224,28 @@ def _run_pretrain(
     device: str,
     holdout: int | None = None,
     patience: int = 10,
+    sizes: dict[str, Any] | None = None,
 ) -> Path:
     from models.data import load_dataset
     from models.pretrain import TrainConfig, pretrain
+    from models.sasrec import SASRecConfig
 
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("--device must be auto, cpu or cuda")
     ds = load_dataset(data)
     holdout = holdout or ds.options["holdout"]
+    sizes = dict(sizes or {})
+    train = {k: sizes.pop(k) for k in ("lr", "batch_size") if k in sizes}
     cfg = TrainConfig(
-        epochs=epochs, patience=patience, adapt_epochs=adapt_epochs, seed=seed, device=device, holdout=holdout
-    )
+        epochs=epochs, patience=patience, adapt_epochs=adapt_epochs, seed=seed, device=device, holdout=holdout,
+        **train,
+    )  # fmt: skip
+    model = SASRecConfig(n_items=ds.catalogue.n_items, **sizes)
+    if model.hidden % model.n_heads:
+        raise typer.BadParameter(f"--hidden {model.hidden} is not a multiple of --heads {model.n_heads}")
     started = time.perf_counter()
     with progress_bars() as bars:
-        result = pretrain(ds, cfg, progress=bars)
+        result = pretrain(ds, cfg, model_config=model, progress=bars)
     path = result.save(bundle, ds)
     _print_metrics(result.metrics)
     out.print(f"bundle written to {path} in {time.perf_counter() - started:.0f} s")
@@ -269,13 +284,26 @@ def pretrain(
     seed: Annotated[int, typer.Option(help="seed of initialisation and batch order")] = 42,
     device: Device = "auto",
     holdout: HoldoutEval = None,
+    hidden: Annotated[int, typer.Option(min=1, help="SASRec hidden size (item embedding width)")] = 128,
+    layers: Annotated[int, typer.Option(min=1, help="transformer layers")] = 2,
+    heads: Annotated[int, typer.Option(min=1, help="attention heads (must divide --hidden)")] = 2,
+    inner: Annotated[int, typer.Option(min=1, help="feed-forward width of each layer")] = 128,
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.9, help="dropout of embeddings and layers")] = 0.2,
+    max_len: Annotated[int, typer.Option(min=1, help="context: the last N items a model sees")] = 128,
+    batch_size: Annotated[int, typer.Option(min=1, help="training sequences per optimiser step")] = 128,
+    lr: Annotated[
+        float, typer.Option(callback=_positive, help="Adam learning rate of the mixed model and of adaptation")
+    ] = 3e-4,
 ) -> None:
     """Stage I: train the mixed model, then one expert per domain; write a bundle.
 
-    The models never see the last 2 x holdout positions of a sequence, so the bundle can
-    be evaluated or exported with that holdout or any smaller one.
+    Sizes default to the paper's; all of them are recorded in the bundle's manifest. The
+    models never see the last 2 x holdout positions of a sequence, so the bundle can be
+    evaluated or exported with that holdout or any smaller one.
     """
-    _run_pretrain(data, bundle, epochs, adapt_epochs, seed, device, holdout, patience)
+    sizes = {"hidden": hidden, "n_layers": layers, "n_heads": heads, "inner": inner, "dropout": dropout}
+    sizes |= {"max_len": max_len, "batch_size": batch_size, "lr": lr}
+    _run_pretrain(data, bundle, epochs, adapt_epochs, seed, device, holdout, patience, sizes)
 
 
 # -- regenerate ---------------------------------------------------------------------
@@ -486,12 +514,6 @@ Variants = Annotated[
 ]
 Seeds = Annotated[int, typer.Option(min=1, help="downstream seeds per variant")]
 Patience = Annotated[int, typer.Option(min=1, help="downstream early stopping patience (validation NDCG@10)")]
-
-
-def _positive(value: float) -> float:
-    if not (math.isfinite(value) and value > 0):
-        raise typer.BadParameter(f"{value} is not a positive finite number.")
-    return value
 
 
 Lr = Annotated[

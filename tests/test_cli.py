@@ -220,6 +220,26 @@ def test_pipeline_names_each_regenerated_file_after_its_domain(trained: tuple[Pa
     assert {read_lines(run / f)[0]["target_domain"] for f in files.values()} == set(files)
 
 
+def test_pretrain_takes_model_and_training_sizes_and_records_them(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, _ = trained
+    code, output = invoke(
+        "pretrain", "--data", data, "--out", tmp_path / "b", "--epochs", 1, "--adapt-epochs", 1, "--hidden", 24,
+        "--layers", 1, "--heads", 3, "--inner", 40, "--dropout", 0.1, "--max-len", 12, "--batch-size", 16,
+        "--lr", 0.002,
+    )  # fmt: skip
+    assert code == 0, output
+    manifest = read_manifest(tmp_path / "b")
+    model = manifest["model_config"]
+    assert (model["hidden"], model["n_layers"], model["n_heads"], model["inner"]) == (24, 1, 3, 40)
+    assert (model["dropout"], model["max_len"]) == (0.1, 12)
+    assert (manifest["training"]["batch_size"], manifest["training"]["lr"]) == (16, 0.002)
+    code, output = invoke("regenerate", "--bundle", tmp_path / "b", "--target", "z", "--data", data, "--out",
+                          tmp_path / "z.jsonl")  # fmt: skip
+    assert code == 0, output
+    code, output = invoke("pretrain", "--data", data, "--out", tmp_path / "c", "--hidden", 10, "--heads", 4)
+    assert code == 2 and "--hidden 10 is not a multiple of --heads 4" in output and not (tmp_path / "c").exists()
+
+
 def test_evaluate_and_pipeline_share_the_default_seed() -> None:
     import typer.main
 
