@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.metrics import summarize
+from models.losses import DEFAULT_LOGITS_BUDGET_MB, LOGIT_BYTES, budget_bytes, check_budget_mb
+from models.metrics import SCORE_BYTES, summarize
 from models.pretrain import (
     SELECT_METRIC,
     EvalSet,
@@ -123,6 +124,8 @@ class DownstreamConfig:
     # model size; None keeps the backbone's default (SASRec 128 / 2 layers, GRU4Rec 64 / 1 layer)
     hidden: int | None = None
     n_layers: int | None = None
+    # MB for one batch's (positions x items) logits and one evaluation tile's scores
+    logits_budget_mb: float = DEFAULT_LOGITS_BUDGET_MB
 
     def __post_init__(self) -> None:
         bad = [n for n in ("epochs", "patience", "batch_size", "eval_batch_size", "max_len") if getattr(self, n) < 1]
@@ -130,9 +133,26 @@ class DownstreamConfig:
             raise ValueError(f"DownstreamConfig values out of range: {bad or ['lr']}")
         if 10 not in self.ks:
             raise ValueError("ks must include 10: model selection uses validation NDCG@10")
+        check_budget_mb("logits_budget_mb", self.logits_budget_mb)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ks": list(self.ks)}
+
+    def budget_matters(self, train_width: int, eval_scores: int) -> bool:
+        """Whether logits_budget_mb can change a number of a training whose softmax spans
+        train_width items and whose largest evaluation ranks eval_scores (points x items):
+        only when a batch's logits or the evaluation's scores can exceed it, since then
+        they are computed in tiles (whose float rounding may differ)."""
+        budget = budget_bytes(self.logits_budget_mb)
+        batch_logits = self.batch_size * self.max_len * train_width
+        return batch_logits * LOGIT_BYTES > budget or eval_scores * SCORE_BYTES > budget
+
+    def fingerprint_dict(self, train_width: int, eval_scores: int) -> dict[str, Any]:
+        """to_dict() less logits_budget_mb where it cannot change a number (budget_matters)."""
+        d = self.to_dict()
+        if not self.budget_matters(train_width, eval_scores):
+            del d["logits_budget_mb"]
+        return d
 
 
 @dataclass
@@ -189,13 +209,18 @@ def eval_set(points: Sequence[Any], max_len: int) -> EvalSet:
 
 @torch.inference_mode()
 def rank_points(
-    model: nn.Module, points: EvalSet, span: tuple[int, int], batch_size: int, device: torch.device
+    model: nn.Module,
+    points: EvalSet,
+    span: tuple[int, int],
+    batch_size: int,
+    device: torch.device,
+    budget_mb: float = DEFAULT_LOGITS_BUDGET_MB,
 ) -> np.ndarray:
     """Full-ranking rank of each target among the span's items, (N,) float64."""
     if not len(points.targets):
         return np.zeros(0)
     hidden = last_hidden(model, points.histories, batch_size, device)  # (N, H)
-    return ranks_in_span(model, hidden, points.targets, *span)
+    return ranks_in_span(model, hidden, points.targets, *span, budget_mb)
 
 
 def train_downstream(
@@ -223,7 +248,7 @@ def train_downstream(
     stop, history, epoch = _EarlyStop(cfg.patience), [], 0
     for epoch in range(1, cfg.epochs + 1):
         loss = train_epoch(model, opt, rows, train_span, cfg, rng, device) if rows.inputs else float("nan")  # type: ignore[arg-type]
-        ranks = rank_points(model, valid, eval_span, cfg.eval_batch_size, device)
+        ranks = rank_points(model, valid, eval_span, cfg.eval_batch_size, device, cfg.logits_budget_mb)
         score = summarize(ranks, cfg.ks)[SELECT_METRIC]
         done = stop.update(epoch, score, model)  # type: ignore[arg-type]
         history.append({"epoch": epoch, "loss": round(loss, 5), SELECT_METRIC: round(score, 5)})
@@ -235,8 +260,8 @@ def train_downstream(
             break
     assert stop.best_state is not None
     model.load_state_dict(stop.best_state)
-    valid_ranks = rank_points(model, valid, eval_span, cfg.eval_batch_size, device)
-    test_ranks = rank_points(model, test, eval_span, cfg.eval_batch_size, device)
+    valid_ranks = rank_points(model, valid, eval_span, cfg.eval_batch_size, device, cfg.logits_budget_mb)
+    test_ranks = rank_points(model, test, eval_span, cfg.eval_batch_size, device, cfg.logits_budget_mb)
     return DownstreamResult(
         valid=summarize(valid_ranks, cfg.ks),
         test=summarize(test_ranks, cfg.ks),

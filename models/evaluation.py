@@ -661,10 +661,20 @@ class _Task:
     seed: int
 
     @property
+    def width(self) -> int:
+        """Items in the training softmax."""
+        return self.n_items if self.tset.mixed else self.split.span[1] - self.split.span[0]
+
+    @property
+    def eval_scores(self) -> int:
+        """Scores of the larger of the valid and test rankings (points x the target's items)."""
+        points = max(len(self.split.valid.targets), len(self.split.test.targets))
+        return points * (self.split.span[1] - self.split.span[0])
+
+    @property
     def cost(self) -> int:
         """Rough relative cost (training positions x softmax width), to start long ones first."""
-        width = self.n_items if self.tset.mixed else self.split.span[1] - self.split.span[0]
-        return sum(len(s) for s in self.tset.sequences) * (width + 256)
+        return sum(len(s) for s in self.tset.sequences) * (self.width + 256)
 
     def fingerprint(self, downstream: DownstreamConfig, threads: int) -> str:
         """sha256 of everything the training's numbers depend on: its rows, the valid and
@@ -680,7 +690,7 @@ class _Task:
             "n_items": self.n_items,
             "mixed": self.tset.mixed,
             "span": list(self.split.span),
-            "downstream": downstream.to_dict(),
+            "downstream": downstream.fingerprint_dict(self.width, self.eval_scores),
             "torch": torch.__version__,
             "threads": threads,
         }

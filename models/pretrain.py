@@ -14,6 +14,13 @@ loss there. Speed on a CPU comes from three choices: rows are bucketed by length
 so batches carry little padding, the (n, V) logits are computed only for the n
 positions that have a target, and evaluation runs under inference_mode.
 
+Memory: the logits of a training batch (positions x items) and the scores of an
+evaluation (users x items) are bounded by `logits_budget_mb`. A batch whose logits fit
+takes the plain F.cross_entropy path; a larger one (at the defaults, 1 GiB and 128
+windows of up to 128 positions, one over more than ~4,000 items) takes
+models/losses.py's tiled loss, which gives the same loss and gradients up to float
+rounding. Evaluation scores that do not fit are ranked in tiles (metrics.py).
+
 Sequences longer than max_len + 1 are cut into windows of max_len inputs taken
 from the end, so every transition is trained exactly once; a window's first
 positions then see less context than max_len, which is the price of using all data.
@@ -37,7 +44,15 @@ import torch.nn.functional as F
 
 from models.bundle import save_bundle
 from models.data import Dataset, eval_points, train_part
-from models.metrics import DEFAULT_KS, rank_of_targets, summarize
+from models.losses import (
+    DEFAULT_LOGITS_BUDGET_MB,
+    LOGIT_BYTES,
+    budget_bytes,
+    check_budget_mb,
+    chunk_shape,
+    linear_cross_entropy,
+)
+from models.metrics import DEFAULT_KS, SCORE_BYTES, rank_of_dot_targets, summarize
 from models.sasrec import PAD, SASRec, SASRecConfig
 
 __all__ = ["PretrainResult", "ProgressFn", "TrainConfig", "next_in_domain", "pretrain", "resolve_device"]
@@ -59,10 +74,13 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     holdout: int = 1
     ks: tuple[int, ...] = DEFAULT_KS
+    # MB for one batch's (positions x items) logits and one evaluation tile's scores
+    logits_budget_mb: float = DEFAULT_LOGITS_BUDGET_MB
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        check_budget_mb("logits_budget_mb", self.logits_budget_mb)
         positive = ("epochs", "patience", "batch_size", "eval_batch_size", "holdout")
         bad = [n for n in positive if getattr(self, n) < 1] + (["adapt_epochs"] if self.adapt_epochs < 0 else [])
         if bad or not (math.isfinite(self.lr) and self.lr > 0):
@@ -223,13 +241,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def batch_loss(model: SASRec, tokens: torch.Tensor, targets: torch.Tensor, start: int, end: int) -> torch.Tensor:
-    """Mean cross-entropy over the positions with a target; softmax over items [start, end)."""
+def batch_loss(
+    model: SASRec,
+    tokens: torch.Tensor,
+    targets: torch.Tensor,
+    start: int,
+    end: int,
+    budget_mb: float = DEFAULT_LOGITS_BUDGET_MB,
+) -> torch.Tensor:
+    """Mean cross-entropy over the positions with a target; softmax over items [start, end).
+
+    Logits that fit budget_mb are materialised; larger ones go through the tiled
+    linear_cross_entropy, which relies on scores() being hidden @ item_weights().T
+    with no bias (true of SASRec and GRU4Rec)."""
     hidden = model(tokens)  # (B, L, H)
     live = targets >= 0  # (B, L)
     # gather first: the (n, V) logits matrix is the costliest tensor of the step
-    logits = model.scores(hidden[live], start, end)  # (n, end - start)
-    return F.cross_entropy(logits.float(), targets[live])
+    hidden, targets = hidden[live], targets[live]  # (n, H), (n,)
+    rows, cols = chunk_shape(len(hidden), end - start, budget_bytes(budget_mb), LOGIT_BYTES)
+    if rows >= len(hidden) and cols >= end - start:
+        logits = model.scores(hidden, start, end)  # (n, end - start)
+        return F.cross_entropy(logits.float(), targets)
+    return linear_cross_entropy(hidden, model.item_weights()[start:end], targets, rows, cols)
 
 
 def train_epoch(
@@ -248,7 +281,7 @@ def train_epoch(
         tokens = _pad([rows.inputs[i] for i in idx], PAD, offset=1).to(device)  # (B, L) token = id + 1
         targets = _pad([rows.targets[i] for i in idx], -1).to(device)  # (B, L)
         with _autocast(device):
-            loss = batch_loss(model, tokens, targets, *span)
+            loss = batch_loss(model, tokens, targets, *span, cfg.logits_budget_mb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -294,16 +327,25 @@ def last_hidden(model: SASRec, histories: Sequence[np.ndarray], batch_size: int,
 
 
 @torch.inference_mode()
-def ranks_in_span(model: SASRec, hidden: torch.Tensor, targets: np.ndarray, start: int, end: int) -> np.ndarray:
-    """Full-ranking rank of each target among items [start, end), (N,) float64."""
+def ranks_in_span(
+    model: SASRec,
+    hidden: torch.Tensor,
+    targets: np.ndarray,
+    start: int,
+    end: int,
+    budget_mb: float = DEFAULT_LOGITS_BUDGET_MB,
+) -> np.ndarray:
+    """Full-ranking rank of each target among items [start, end), (N,) float64, with
+    at most budget_mb of scores alive at a time."""
     w = model.item_weights()[start:end].float()  # (C, H)
-    scores = hidden @ w.T  # (N, C)
-    return rank_of_targets(scores, torch.as_tensor(targets - start, device=hidden.device))
+    rows, cols = chunk_shape(len(hidden), end - start, budget_bytes(budget_mb), SCORE_BYTES)
+    return rank_of_dot_targets(hidden, w, torch.as_tensor(targets - start, device=hidden.device), rows, cols)
 
 
 def evaluate_mixed(model: SASRec, valid: EvalSet, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
     hidden = last_hidden(model, valid.histories, cfg.eval_batch_size, device)  # (N, H)
-    return summarize(ranks_in_span(model, hidden, valid.targets, 0, model.cfg.n_items), cfg.ks)
+    ranks = ranks_in_span(model, hidden, valid.targets, 0, model.cfg.n_items, cfg.logits_budget_mb)
+    return summarize(ranks, cfg.ks)
 
 
 def evaluate_domain(
@@ -313,7 +355,7 @@ def evaluate_domain(
     start, end = span
     keep = np.flatnonzero((valid.targets >= start) & (valid.targets < end))
     hidden = last_hidden(model, [valid.histories[i] for i in keep], cfg.eval_batch_size, device)
-    return summarize(ranks_in_span(model, hidden, valid.targets[keep], start, end), cfg.ks)
+    return summarize(ranks_in_span(model, hidden, valid.targets[keep], start, end, cfg.logits_budget_mb), cfg.ks)
 
 
 # -- the two phases ------------------------------------------------------------------
