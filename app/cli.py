@@ -208,6 +208,32 @@ def _positive(value: float) -> float:
 
 
 Device = Annotated[str, typer.Option(help="auto picks CUDA when available")]
+
+
+def _memory_budget(value: str) -> str:
+    """Accept 'auto' or a positive number of MB; the engine checks it against the catalogue."""
+    text = value.strip()
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if text != "auto" and not (math.isfinite(number) and number > 0):
+        raise typer.BadParameter(f"{value!r} is neither 'auto' nor a positive number of MB.")
+    return text
+
+
+def _budget_value(value: str) -> float | str:
+    return value if value == "auto" else float(value)
+
+
+MemoryBudgetMb = Annotated[
+    str,
+    typer.Option(
+        callback=_memory_budget,
+        metavar="auto|MB",
+        help="MB for the rows x items score work of a decode; auto = half the GPU's free memory on CUDA, 256 on CPU",
+    ),
+]
 HoldoutEval = Annotated[
     int | None,
     typer.Option(min=1, help="leave-N-out: last N positions test, N before them valid (default: the dataset's)"),
@@ -381,7 +407,7 @@ def regenerate(
     ] = False,
     device: Device = "auto",
     batch_size: int = 256,
-    memory_budget_mb: int = 256,
+    memory_budget_mb: MemoryBudgetMb = "auto",
 ) -> None:
     """Stage II: rewrite every sequence into the target domain (keep / replace / discard)."""
     from models.bundle import load_bundle
@@ -400,7 +426,7 @@ def regenerate(
         b.experts,
         device=_device(device),
         batch_size=batch_size,
-        memory_budget_mb=memory_budget_mb,
+        memory_budget_mb=_budget_value(memory_budget_mb),
     )
     stats = _regenerate_to_file(engine, target, records, total, out_file, fmt, unknown_items, options)
     _print_counts({target: stats})
@@ -633,7 +659,7 @@ def _print_summary(report: dict) -> None:
     out.print(table)
 
 
-def _engine_for(bundle: Path | None, ds: Any, holdout: int, device: str) -> Any:
+def _engine_for(bundle: Path | None, ds: Any, holdout: int, device: str, memory_budget_mb: str = "auto") -> Any:
     """A Regenerator on a bundle that is leak-free for this holdout (or None without a bundle)."""
     from models.bundle import load_bundle
     from models.decoding import Regenerator
@@ -643,7 +669,9 @@ def _engine_for(bundle: Path | None, ds: Any, holdout: int, device: str) -> Any:
         return None
     b = load_bundle(bundle, device=_device(device))
     check_bundle(b.manifest, ds, holdout)
-    return Regenerator(b.catalogue, b.mixed, b.experts, device=_device(device))
+    return Regenerator(
+        b.catalogue, b.mixed, b.experts, device=_device(device), memory_budget_mb=_budget_value(memory_budget_mb)
+    )
 
 
 # -- pipeline -----------------------------------------------------------------------
@@ -674,6 +702,7 @@ def pipeline(
     evaluate: Annotated[
         bool, typer.Option("--evaluate/--no-evaluate", help="train and compare downstream models")
     ] = True,
+    memory_budget_mb: MemoryBudgetMb = "auto",
 ) -> None:
     """Pretrain, regenerate every chosen target, then evaluate downstream models (report.json/.md, figures)."""
     from models.bundle import load_bundle
@@ -697,7 +726,9 @@ def pipeline(
         bundle_dir = bundle
     b = load_bundle(bundle_dir, device=_device(device))
     check_bundle(b.manifest, ds, holdout)
-    engine = Regenerator(b.catalogue, b.mixed, b.experts, device=_device(device))
+    engine = Regenerator(
+        b.catalogue, b.mixed, b.experts, device=_device(device), memory_budget_mb=_budget_value(memory_budget_mb)
+    )
     records, total = _records(data, None, "train", b.catalogue, holdout)
     counts: dict[str, dict[str, int]] = {}
     # the evaluation's variants that decode plainly (new, random_matched) reuse these rows
@@ -749,6 +780,7 @@ def evaluate(
     resume: Resume = False,
     lr: Lr = 3e-4,
     device: Device = "auto",
+    memory_budget_mb: MemoryBudgetMb = "auto",
 ) -> None:
     """Train downstream models on each training set of one target domain and compare them."""
     from models.data import load_dataset
@@ -760,7 +792,7 @@ def evaluate(
     cfg: EvalConfig = _eval_config(
         [target], backbones, variants, seeds, seed, holdout, epochs, patience, device, jobs, lr
     )
-    engine = _engine_for(bundle, ds, holdout, device)
+    engine = _engine_for(bundle, ds, holdout, device, memory_budget_mb)
     _run_evaluation(ds, cfg, engine, run, {"command": _command_line()}, resume)
 
 
@@ -782,6 +814,7 @@ def export_recbole(
         int, typer.Option(help="seed of the random baselines' draws (taesar evaluate draws with 0)")
     ] = 0,
     device: Device = "auto",
+    memory_budget_mb: MemoryBudgetMb = "auto",
 ) -> None:
     """Write each training set with the shared valid/test points as RecBole atomic files (docs/recbole.md)."""
     from models.data import load_dataset
@@ -794,7 +827,7 @@ def export_recbole(
     unknown = [v for v in chosen if v not in VARIANTS]
     if unknown:
         raise TaesarError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    engine = _engine_for(bundle, ds, holdout, device)
+    engine = _engine_for(bundle, ds, holdout, device, memory_budget_mb)
     with progress_bars() as bars:
         written = export_recbole(
             ds, target, chosen, out_dir, holdout=holdout, regenerator=engine, max_len=max_len, data_seed=data_seed,
@@ -848,6 +881,17 @@ def serve(
     serve_command(host=host, port=port, workers=workers)
 
 
+def _gpu_list(value: str | None) -> str | None:
+    from workers.main import parse_gpus
+
+    if value is not None:
+        try:
+            parse_gpus(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 @app.command()
 @user_errors
 def worker(
@@ -856,11 +900,26 @@ def worker(
     ] = 1,
     loglevel: str = "INFO",
     queues: Annotated[str | None, typer.Option(help="comma-separated Celery queues (default: the API's queue)")] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            callback=_gpu_list,
+            help="comma-separated GPU ids (CUDA_VISIBLE_DEVICES values): one solo worker process per GPU, "
+            "supervised together; if one exits, all stop with a non-zero code",
+        ),
+    ] = None,
 ) -> None:
     """Run a Celery worker that decodes queued job chunks (same TAESAR_* settings as the API)."""
-    from workers.main import worker_command
+    from workers.main import gpu_worker_command, parse_gpus, worker_command
 
-    worker_command(concurrency=concurrency, loglevel=loglevel, queues=queues)
+    if gpus is None:
+        worker_command(concurrency=concurrency, loglevel=loglevel, queues=queues)
+        return
+    if concurrency != 1:
+        raise TaesarError("--gpus runs one solo process per GPU; it cannot be combined with --concurrency")
+    code = gpu_worker_command(parse_gpus(gpus), loglevel=loglevel, queues=queues)
+    if code:
+        raise typer.Exit(code)
 
 
 def main() -> None:

@@ -203,10 +203,15 @@ def apply_torch_threads(settings: Settings) -> None:
         torch.set_num_threads(settings.torch_threads)
 
 
-def load_engines(settings: Settings) -> Engines:
-    """Load every bundle; blocking (checksums, weights), so call it from a thread."""
+def load_engines(settings: Settings, *, concurrent_decodes: int | None = None) -> Engines:
+    """Load every bundle; blocking (checksums, weights), so call it from a thread.
+
+    `concurrent_decodes` is how many decodes this process may run at once, over all
+    models (default: the API's, `decode_threads` per model); an "auto" memory budget on
+    CUDA is split between them, as they share the device.
+    """
     from models.bundle import load_bundle
-    from models.decoding import Regenerator
+    from models.decoding import Regenerator, resolve_memory_budget_mb
     from models.errors import TaesarError
 
     engines: dict[str, Engine] = {}
@@ -219,6 +224,7 @@ def load_engines(settings: Settings) -> Engines:
     except RuntimeError as exc:
         failures += [LoadFailure(p.name, "model_not_ready", str(exc)) for p in folders]
         folders = []
+    sharers = concurrent_decodes or len(folders) * settings.decode_threads
     for path in folders:
         started = time.perf_counter()
         try:
@@ -229,7 +235,8 @@ def load_engines(settings: Settings) -> Engines:
                 b.experts,
                 device=device,
                 batch_size=settings.decode_batch_size,
-                memory_budget_mb=settings.memory_budget_mb,
+                # resolved after this bundle is on the device, so its weights are not counted as free
+                memory_budget_mb=resolve_memory_budget_mb(settings.memory_budget_mb, device, sharers=sharers),
             )
             warm_up(regenerator, b.catalogue)
         except TaesarError as exc:
@@ -241,7 +248,14 @@ def load_engines(settings: Settings) -> Engines:
             log_event(log, "model_load_failed", level=40, model=path.name, code="internal_error", exc_info=exc)
             continue
         engines[path.name] = Engine(path.name, path, b.manifest, b.catalogue, regenerator, device)
-        log_event(log, "model_loaded", model=path.name, device=device, seconds=round(time.perf_counter() - started, 3))
+        log_event(
+            log,
+            "model_loaded",
+            model=path.name,
+            device=device,
+            memory_budget_mb=round(regenerator.memory_budget_mb, 1),
+            seconds=round(time.perf_counter() - started, 3),
+        )
     return Engines(engines, failures, decode_threads=settings.decode_threads, batch_policy=batch_policy(settings))
 
 

@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     # threads decoding /regenerate requests at once (per model with micro-batching); more than
     # 1 only pays off with spare CPU cores beyond torch's own intra-op threads (or several GPUs)
     decode_threads: int = Field(1, ge=1, le=64)
-    memory_budget_mb: int = Field(256, ge=16)
+    # MB of [rows, V] score work per decode: "auto" is half the GPU's free memory on CUDA
+    # (split between the decodes one process can run at once) and 256 on CPU
+    memory_budget_mb: Literal["auto"] | Annotated[int, Field(ge=16)] = "auto"
     # torch CPU threads of this process (None: torch's choice, all cores). API and workers on
     # one host should not ask for more threads than cores in total.
     torch_threads: int | None = Field(None, ge=1, le=1024)

@@ -5,11 +5,11 @@ around it. The `Regenerator` runs one causal forward pass per needed model over
 each batch (teacher forcing: a decision never feeds back into later prefixes),
 gathers the hidden state at j-1 for every source item at j, and decides all those
 positions at once, chunked so the [n, V] score work stays inside a memory budget.
+Decoding runs in float32 (float64 models stay float64) on every device.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from models.catalogue import Catalogue
-from models.errors import UnknownItemError
+from models.errors import ConfigError, UnknownItemError
 from models.sasrec import SASRec
 
 EPS = 1e-10
@@ -180,7 +180,7 @@ def _empty_top(n: int, k: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def _compute_dtype(*zs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    # float64 stays float64 (tests); everything else (bf16/fp16 model outputs) is scored in float32
+    # float64 stays float64 (tests); everything else (e.g. bf16/fp16 logits) is scored in float32
     dtype = torch.float64 if any(z.dtype == torch.float64 for z in zs) else torch.float32
     return tuple(z.to(dtype) for z in zs)
 
@@ -284,6 +284,57 @@ _LIVE_SCORE_TENSORS = 12
 # computed per budget-sized chunk and decided in cache-sized slices of it.
 _CPU_DECIDE_BYTES = 2 << 20
 
+MemoryBudget = float | Literal["auto"]
+# "auto" on CPU: a fixed budget, because host RAM is shared with everything else on the
+# machine (other processes, the page cache) and its free amount says little about what
+# this process may take. At 200k items it still holds dozens of rows per chunk.
+CPU_AUTO_BUDGET_MB = 256.0
+# "auto" on CUDA: this share of the device's free memory when the engine is created. The
+# rest is head-room for what the budget does not count: the forward passes' activations,
+# the caching allocator's fragmentation, and models loaded after this one.
+CUDA_AUTO_SHARE = 0.5
+
+
+def resolve_memory_budget_mb(
+    budget: MemoryBudget, device: str | torch.device, *, free_bytes: int | None = None, sharers: int = 1
+) -> float:
+    """The budget in MB for `budget` ("auto" or a number, which always wins) on `device`.
+
+    On CUDA, "auto" is CUDA_AUTO_SHARE of the free memory (`free_bytes`, or what
+    torch.cuda.mem_get_info reports now), split evenly between `sharers` decodes that
+    can run at once in this process; elsewhere it is CPU_AUTO_BUDGET_MB.
+    """
+    if budget != "auto":
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or not math.isfinite(budget):
+            raise ConfigError(f"memory budget must be a positive number of MB or 'auto', got {budget!r}")
+        return float(budget)
+    device = torch.device(device)
+    if device.type != "cuda":
+        return CPU_AUTO_BUDGET_MB
+    if free_bytes is None:
+        free_bytes, _total = torch.cuda.mem_get_info(device)
+    return free_bytes * CUDA_AUTO_SHARE / max(1, sharers) / 2**20
+
+
+def min_memory_budget_mb(n_items: int, device: str | torch.device) -> float:
+    """The smallest budget that holds one row of the score work for n_items items."""
+    return _min_budget_bytes(n_items, torch.device(device).type) / 2**20
+
+
+def _min_budget_bytes(v: int, device_type: str) -> int:
+    # CUDA scores each chunk at once; the CPU path also keeps the chunk's 3 logits rows
+    # beside the temporaries of the slice being decided
+    tensors = _LIVE_SCORE_TENSORS if device_type == "cuda" else 3 + _LIVE_SCORE_TENSORS
+    return tensors * v * 4
+
+
+def _round_up(x: float, digits: int = 2) -> float:
+    """x rounded up to `digits` significant digits, so a printed minimum is enough."""
+    if x <= 0:
+        return x
+    scale = 10.0 ** (math.floor(math.log10(x)) - digits + 1)
+    return math.ceil(x / scale) * scale
+
 
 @dataclass
 class _Batch:
@@ -358,8 +409,7 @@ class Regenerator:
         *,
         device: str | torch.device = "cpu",
         batch_size: int = 256,
-        memory_budget_mb: float = 256,
-        autocast_dtype: torch.dtype | None = None,
+        memory_budget_mb: MemoryBudget = "auto",
     ) -> None:
         missing = [d for d in catalogue.domains if d not in experts]
         if missing:
@@ -371,9 +421,9 @@ class Regenerator:
         self.mixed = mixed.to(self.device).eval()
         self.experts = {d: experts[d].to(self.device).eval() for d in catalogue.domains}
         self.batch_size = batch_size
-        self.memory_budget_mb = memory_budget_mb
-        # bf16/fp16 forward passes are a CUDA option; scores are decided in float32 regardless
-        self.autocast_dtype = autocast_dtype if self.device.type == "cuda" else None
+        # resolved once: "auto" measures the device's free memory now, with the models on it
+        self.memory_budget_mb = resolve_memory_budget_mb(memory_budget_mb, self.device)
+        self._chunk_rows(catalogue.n_items)  # refuses a budget that holds no row
         self._item_domain = np.asarray(catalogue.item_domain)
         self._max_len = min(m.cfg.max_len for m in (mixed, *self.experts.values()))
 
@@ -485,8 +535,7 @@ class Regenerator:
             chunk = rows[lo : lo + self.batch_size]
             a, z = np.searchsorted(q_row, [chunk[0], chunk[-1] + 1])  # this chunk's queries
             tokens = self._tokens(b, chunk)  # (B, L)
-            with self._autocast():
-                h = model(tokens)  # (B, L, H)
+            h = model(tokens)  # (B, L, H)
             local_row = torch.as_tensor(np.searchsorted(chunk, q_row[a:z]), device=self.device)
             col = torch.as_tensor(b.q_col[qs[a:z]], device=self.device)
             out[a:z] = h[local_row, col].to(out.dtype)
@@ -513,8 +562,7 @@ class Regenerator:
         rows, step = self._chunk_rows(v)
         parts: list[Explained] = []
         for lo in range(0, n, rows):
-            with self._autocast():
-                z = [m.scores(h[lo : lo + rows]) for m, h in zip(models, hidden, strict=True)]  # 3 x (r, V)
+            z = [m.scores(h[lo : lo + rows]) for m, h in zip(models, hidden, strict=True)]  # 3 x (r, V)
             z = list(_compute_dtype(*z))
             for s in range(0, z[0].shape[0], step):
                 parts.append(self._decide_chunk([x[s : s + step] for x in z], targets, options))
@@ -529,21 +577,25 @@ class Regenerator:
         return Explained(choice, none, none, none, none)
 
     def _chunk_rows(self, v: int) -> tuple[int, int]:
-        """(rows per logits chunk, rows per decide call) for V items, within the budget."""
+        """(rows per logits chunk, rows per decide call) for V items, within the budget;
+        ConfigError when the budget cannot hold one row."""
         row_bytes = v * 4
         budget = int(self.memory_budget_mb * 2**20)
+        if budget < _min_budget_bytes(v, self.device.type):
+            raise ConfigError(
+                f"memory budget {self.memory_budget_mb:g} MB is too small for a catalogue of {v:,} items: "
+                f"one row of the score work on {self.device.type} needs "
+                f"{_round_up(min_memory_budget_mb(v, self.device)):g} MB; give at least that, or 'auto'",
+                {"memory_budget_mb": self.memory_budget_mb, "n_items": v},
+            )
         if self.device.type == "cuda":
-            rows = max(1, budget // (row_bytes * _LIVE_SCORE_TENSORS))
+            rows = budget // (row_bytes * _LIVE_SCORE_TENSORS)
             return rows, rows
-        # CPU: 3 logits buffers of `rows` rows + decide's temporaries for `step` rows
-        step = max(1, _CPU_DECIDE_BYTES // row_bytes)
-        rows = max(1, (budget - step * row_bytes * _LIVE_SCORE_TENSORS) // (3 * row_bytes))
+        # CPU: 3 logits buffers of `rows` rows + decide's temporaries for `step` rows; a
+        # small budget gives the cache-sized slices at most half of itself
+        step = max(1, min(_CPU_DECIDE_BYTES // row_bytes, budget // (2 * row_bytes * _LIVE_SCORE_TENSORS)))
+        rows = (budget - step * row_bytes * _LIVE_SCORE_TENSORS) // (3 * row_bytes)
         return rows, min(step, rows)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
 
 def _fields(e: Explained) -> tuple[torch.Tensor, ...]:

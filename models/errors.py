@@ -38,3 +38,10 @@ class BundleError(TaesarError):
     """A missing, corrupt or incompatible model bundle."""
 
     code = "bad_bundle"
+
+
+class ConfigError(TaesarError):
+    """A setting or option that cannot work with this model (e.g. a memory budget too
+    small for its catalogue)."""
+
+    code = "bad_config"

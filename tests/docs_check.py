@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNABLE = ("bash", "python")
-_FENCE = re.compile(r"^```(\S*)\s*$")
+_FENCE = re.compile(r"^(\s*)```(\S*)\s*$")  # blocks inside list items are indented
 _MARK = re.compile(r"^<!-- docs-check: (long|skip) \((.+)\) -->$")
 _INLINE = re.compile(r"`(taesar [^`]+)`")
 _SEPARATORS = {"|", "||", "&&", ";", "&"}
@@ -68,11 +68,12 @@ def blocks(path: Path) -> list[Block]:
         if not fence:
             i += 1
             continue
-        end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
+        indent, lang = fence.groups()
+        end = next(j for j in range(i + 1, len(lines)) if lines[j].strip().startswith("```"))
         before = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
         mark = _MARK.match(before.strip())
-        text = "\n".join(lines[i + 1 : end]) + "\n"
-        out.append(Block(path, i + 1, fence.group(1), text, *(mark.groups() if mark else ())))
+        text = "\n".join(line.removeprefix(indent) for line in lines[i + 1 : end]) + "\n"
+        out.append(Block(path, i + 1, lang, text, *(mark.groups() if mark else ())))
         i = end + 1
     return out
 

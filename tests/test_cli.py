@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from app.cli import app
 from models.bundle import read_manifest
 from models.data import load_dataset, train_part
+from models.decoding import min_memory_budget_mb
 from models.pretrain import TrainConfig
 from tests.synthetic import make_log
 
@@ -126,6 +127,9 @@ def test_pretrain_records_its_early_stopping_patience_in_the_bundle(trained: tup
     assert asdict(cfg) | {"ks": list(cfg.ks)} == {k: training[k] for k in asdict(cfg)}
 
 
+REGENERATE = ["regenerate", "--bundle", "b", "--target", "z", "--out", "o"]
+
+
 @pytest.mark.parametrize(
     ("args", "option"),
     [
@@ -148,6 +152,22 @@ def test_pretrain_records_its_early_stopping_patience_in_the_bundle(trained: tup
         (["pipeline", "--data", "d", "--out", "r", "--lr", "inf"], "--lr"),
         (["--threads", "0", "info", "b"], "--threads"),
         (["worker", "--concurrency", "0"], "--concurrency"),
+        (["worker", "--gpus", ""], "--gpus"),
+        (["worker", "--gpus", "0,0"], "--gpus"),
+        (["worker", "--gpus", "0,,1"], "--gpus"),
+        (["worker", "--gpus", "0;1"], "--gpus"),
+        ([*REGENERATE, "--memory-budget-mb", "lots"], "--memory-budget-mb"),
+        ([*REGENERATE, "--memory-budget-mb", "0"], "--memory-budget-mb"),
+        ([*REGENERATE, "--memory-budget-mb", "nan"], "--memory-budget-mb"),
+        (["pipeline", "--data", "d", "--out", "r", "--memory-budget-mb", "-64"], "--memory-budget-mb"),
+        (
+            ["evaluate", "--data", "d", "--out", "r", "--target", "z", "--memory-budget-mb", "Auto"],
+            "--memory-budget-mb",
+        ),
+        (
+            ["export", "recbole", "--data", "d", "--out", "r", "--target", "z", "--memory-budget-mb", ""],
+            "--memory-budget-mb",
+        ),
     ],
 )
 def test_out_of_range_numbers_are_refused_before_any_work(args: list[str], option: str) -> None:
@@ -155,6 +175,42 @@ def test_out_of_range_numbers_are_refused_before_any_work(args: list[str], optio
     assert code == 2
     assert f"Invalid value for '{option}'" in output
     assert "Traceback" not in output
+
+
+def test_a_memory_budget_too_small_for_the_catalogue_is_one_error_line(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, bundle = trained
+    n_items = read_manifest(bundle)["catalogue"]["offsets"][-1]
+    out = tmp_path / "o.jsonl"
+    code, output = invoke(
+        "regenerate", "--bundle", bundle, "--target", "z", "--data", data, "--out", out, "--memory-budget-mb", "1e-5"
+    )
+    assert code == 2 and output.startswith("error:") and "Traceback" not in output
+    assert f"memory budget 1e-05 MB is too small for a catalogue of {n_items:,} items" in " ".join(output.split())
+    assert not out.exists()
+
+
+def test_a_small_budget_and_auto_both_decode_every_sequence(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, bundle = trained
+    n_items = read_manifest(bundle)["catalogue"]["offsets"][-1]
+    small = str(min_memory_budget_mb(n_items, "cpu") * 2)  # a few rows per chunk
+    runs = {}
+    for budget in (small, "auto"):
+        out = tmp_path / f"{budget}.jsonl"
+        code, output = invoke(
+            "regenerate", "--bundle", bundle, "--target", "z", "--data", data, "--out", out,
+            "--memory-budget-mb", budget,
+        )  # fmt: skip
+        assert code == 0, output
+        runs[budget] = [len(line["decisions"]) for line in read_lines(out)]
+    # equal decisions under any chunking: test_engine.py, on float64 models where no rounding can flip a tie
+    assert runs[small] == runs["auto"] and runs[small]
+
+
+def test_gpus_cannot_be_combined_with_a_prefork_pool() -> None:
+    code, output = invoke("worker", "--gpus", "0,1", "--concurrency", "2")
+    assert code == 2 and output.startswith("error:") and "--concurrency" in output
 
 
 def test_an_unknown_target_domain_names_the_known_ones(trained: tuple[Path, Path], tmp_path: Path) -> None:

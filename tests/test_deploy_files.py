@@ -66,7 +66,27 @@ def test_docker_compose_config_accepts_the_file() -> None:
 
 
 def test_compose_runs_redis_api_and_worker(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"redis", "api", "worker"}
+    # services under a profile start only when it is asked for, so `docker compose up` needs no GPU
+    default = {name for name, service in compose["services"].items() if not service.get("profiles")}
+    assert default == {"redis", "api", "worker"}
+    assert set(compose["services"]) - default == {"worker-gpu"}
+
+
+def test_the_gpu_worker_reserves_gpus_under_its_profile_and_runs_one_process_per_gpu(compose: dict[str, Any]) -> None:
+    from workers.main import parse_gpus
+
+    gpu = compose["services"]["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert "count" in device or "device_ids" in device
+    assert gpu["command"][:3] == ["taesar", "worker", "--gpus"]
+    default_gpus = re.fullmatch(r"\$\{\w+:-(.+)\}", gpu["command"][3])
+    assert default_gpus and parse_gpus(default_gpus.group(1)) == ["0"]
+    assert gpu["environment"]["TAESAR_DEVICE"] == "cuda"
+    assert gpu["image"] == compose["services"]["api"]["image"]
+    assert "container_name" not in gpu and "ports" not in gpu
+    assert gpu["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
 def test_redis_never_evicts_and_has_a_health_check(compose: dict[str, Any]) -> None:
@@ -96,7 +116,7 @@ def test_worker_can_be_scaled(compose: dict[str, Any]) -> None:
 
 def test_compose_environment_names_are_settings_and_cover_the_required_ones(compose: dict[str, Any]) -> None:
     known = setting_env_names()
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "worker-gpu"):
         env = compose["services"][name]["environment"]
         assert set(env) <= known, f"{name}: not Settings fields: {set(env) - known}"
         assert set(env) >= REQUIRED_ENV, f"{name}: missing {REQUIRED_ENV - set(env)}"
@@ -170,4 +190,4 @@ def test_the_image_commands_exist_in_the_cli() -> None:
     serve = runner.invoke(app, ["serve", "--help"])
     assert serve.exit_code == 0 and "--host" in serve.output and "--port" in serve.output, serve.output
     worker = runner.invoke(app, ["worker", "--help"])
-    assert worker.exit_code == 0 and "--concurrency" in worker.output, worker.output
+    assert worker.exit_code == 0 and "--concurrency" in worker.output and "--gpus" in worker.output, worker.output

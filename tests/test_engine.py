@@ -3,6 +3,7 @@ sliding context for long sequences, chunking, external ids and streaming."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,16 +15,20 @@ from hypothesis import strategies as st
 
 from models.catalogue import Catalogue
 from models.decoding import (
+    CPU_AUTO_BUDGET_MB,
+    CUDA_AUTO_SHARE,
     DecodeOptions,
     Regenerated,
     Regenerator,
     assemble,
     decide,
     iter_regenerate_external,
+    min_memory_budget_mb,
     regenerate_external,
+    resolve_memory_budget_mb,
 )
 from models.decoding_reference import reference_regenerate
-from models.errors import UnknownItemError
+from models.errors import ConfigError, UnknownItemError
 from models.sasrec import SASRec, SASRecConfig
 
 
@@ -163,19 +168,92 @@ def test_long_sequences_decide_each_position_from_the_last_max_len_items(world: 
 # -- chunking, batching and padding -----------------------------------------------------
 
 
-def test_memory_budget_chunking_gives_identical_results(world: World, sequences) -> None:
-    tiny = world.regenerator(memory_budget_mb=1e-6).regenerate(sequences, "dom0")  # one row per chunk
-    roomy = world.regenerator(memory_budget_mb=1024).regenerate(sequences, "dom0")
-    assert decision_view(tiny) == decision_view(roomy)
+@pytest.mark.parametrize("options", [DecodeOptions(), DecodeOptions(explain_top_k=3, no_source_experts=True)])
+def test_memory_budget_chunking_gives_identical_results(world: World, sequences, options: DecodeOptions) -> None:
+    v = world.catalogue.n_items
+    smallest = world.regenerator(memory_budget_mb=min_memory_budget_mb(v, "cpu"))
+    assert smallest._chunk_rows(v) == (1, 1)  # one row per chunk
+    few_rows = world.regenerator(memory_budget_mb=min_memory_budget_mb(v, "cpu") * 7)
+    assert 1 < few_rows._chunk_rows(v)[0] < 20
+    roomy = world.regenerator(memory_budget_mb=1024)
+    expected = roomy.regenerate(sequences, "dom0", options)
+    for reg in (smallest, few_rows):
+        got = reg.regenerate(sequences, "dom0", options)
+        assert decision_view(got) == decision_view(expected)
+        # the same candidates; scores agree to rounding (a matmul over fewer rows may sum in another order)
+        assert explained(got, ids=True) == explained(expected, ids=True)
+        assert explained(got, ids=False) == pytest.approx(explained(expected, ids=False), rel=1e-12)
+
+
+def explained(results: Sequence[Regenerated], *, ids: bool) -> list:
+    return [
+        c[0 if ids else 1]
+        for r in results
+        for d in r.decisions
+        if d.explain
+        for c in (*d.explain["global"], *d.explain["local"])
+    ]
 
 
 def test_chunk_rows_fit_the_budget_even_for_a_million_items(world: World) -> None:
     reg = world.regenerator(memory_budget_mb=64)
-    for v in (1_000, 200_000, 1_000_000):
-        rows, step = reg._chunk_rows(v)
-        assert rows >= 1 and 1 <= step <= rows
-        # three [rows, V] logits + the decide temporaries of one [step, V] slice
-        assert (3 * rows + 12 * step) * v * 4 <= 64 * 2**20
+    for v in (20, 1_000, 200_000, 1_000_000):
+        for budget in (min_memory_budget_mb(v, "cpu"), 16, 64, 256):
+            if budget < min_memory_budget_mb(v, "cpu"):
+                continue
+            reg.memory_budget_mb = budget
+            rows, step = reg._chunk_rows(v)
+            assert rows >= 1 and 1 <= step <= rows
+            # three [rows, V] logits + the decide temporaries of one [step, V] slice
+            assert (3 * rows + 12 * step) * v * 4 <= budget * 2**20, (v, budget)
+
+
+# -- the memory budget ---------------------------------------------------------------------
+
+
+def test_auto_is_256_mb_on_cpu_and_a_number_always_wins(world: World) -> None:
+    assert world.regenerator().memory_budget_mb == CPU_AUTO_BUDGET_MB == 256
+    assert world.regenerator(memory_budget_mb="auto").memory_budget_mb == 256
+    assert world.regenerator(memory_budget_mb=48).memory_budget_mb == 48.0
+    assert resolve_memory_budget_mb(512, "cuda", free_bytes=80 << 30) == 512.0
+
+
+def test_auto_on_cuda_is_a_share_of_the_free_memory_split_between_concurrent_decodes() -> None:
+    free = 10 << 30  # 10 GiB
+    assert resolve_memory_budget_mb("auto", "cuda", free_bytes=free) == CUDA_AUTO_SHARE * 10 * 1024
+    assert resolve_memory_budget_mb("auto", "cuda:1", free_bytes=free, sharers=4) == CUDA_AUTO_SHARE * 10 * 1024 / 4
+
+
+def test_auto_on_cuda_asks_the_device_for_its_free_memory(monkeypatch) -> None:
+    asked = []
+
+    def mem_get_info(device=None) -> tuple[int, int]:
+        asked.append(torch.device(device))
+        return 6 << 30, 80 << 30
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    assert resolve_memory_budget_mb("auto", "cuda:0") == CUDA_AUTO_SHARE * 6 * 1024
+    assert asked == [torch.device("cuda:0")]
+
+
+def test_a_budget_too_small_for_one_row_is_refused_with_the_minimum(world: World) -> None:
+    v = world.catalogue.n_items
+    minimum = min_memory_budget_mb(v, "cpu")
+    assert minimum == 15 * 4 * v / 2**20 and min_memory_budget_mb(v, "cuda") == 12 * 4 * v / 2**20
+    for budget in (minimum * 0.99, 1e-6, 0, -5):
+        with pytest.raises(ConfigError) as err:
+            world.regenerator(memory_budget_mb=budget)
+        message = err.value.message
+        assert f"catalogue of {v:,} items" in message and "needs 0.0016 MB" in message, message
+        assert err.value.code == "bad_config" and err.value.details["n_items"] == v
+    world.regenerator(memory_budget_mb=0.0016)  # the minimum the message names is enough
+    world.regenerator(memory_budget_mb=minimum)
+
+
+@pytest.mark.parametrize("budget", [math.nan, math.inf, "512", None, True])
+def test_a_budget_that_is_not_a_number_or_auto_is_refused(world: World, budget) -> None:
+    with pytest.raises(ConfigError, match="positive number of MB or 'auto'"):
+        world.regenerator(memory_budget_mb=budget)
 
 
 def test_batch_composition_does_not_change_decisions(world: World, sequences) -> None:

@@ -1,12 +1,16 @@
 """The chunk task in-process, against the real Redis: redelivery, cancellation between
 batches, deterministic failures, bounded retries, poison chunks; plus the Celery
-configuration and the worker command line."""
+configuration, the worker command line and `taesar worker --gpus` with real workers."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -20,10 +24,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.jobstore import ChunkStore, JobSpec, JobStore
 from app.settings import Settings
-from tests.api_support import REDIS_URL, model_dir_with, settings_for
+from tests.api_support import REDIS_URL, delete_prefix, model_dir_with, settings_for
 from workers import loading, tasks
 from workers.celery_app import TASK_PROCESS_CHUNK, create_celery, queue_name
-from workers.main import worker_argv
+from workers.main import WorkerProcess, gpu_workers, parse_gpus, supervise, worker_argv
 
 
 @pytest.fixture(scope="module")
@@ -254,3 +258,75 @@ def test_the_worker_command_runs_one_solo_process_per_gpu_or_prefork_on_cpu() ->
     assert "--loglevel=DEBUG" in argv
     with pytest.raises(ValueError):
         worker_argv(0)
+
+
+# -- one supervised solo worker per GPU -----------------------------------------------------
+
+
+def test_gpu_ids_are_parsed_into_one_worker_each_with_its_device_and_node_name() -> None:
+    assert parse_gpus("0, 1,GPU-8f2a-11") == ["0", "1", "GPU-8f2a-11"]
+    for bad in ("", ",", "0,0", "0 1", "0@h", "%h"):
+        with pytest.raises(ValueError):
+            parse_gpus(bad)
+    children = gpu_workers(["0", "3"], "DEBUG", "q1")
+    assert [c.env for c in children] == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "3"}]
+    for child, gpu in zip(children, ["0", "3"], strict=True):
+        assert child.argv[child.argv.index("-A") + 1 :][:1] == ["workers.celery_app"]
+        assert child.argv[-2:] == ["-n", f"gpu{gpu}@%h"]
+        assert worker_argv(1, "DEBUG", "q1") == child.argv[child.argv.index("worker") : -2]
+
+
+def test_when_one_worker_exits_the_supervisor_stops_the_others_and_fails() -> None:
+    sleeper = WorkerProcess("GPU 0", [sys.executable, "-c", "import time; time.sleep(120)"], {})
+    crasher = WorkerProcess("GPU 1", [sys.executable, "-c", "import sys; sys.exit(3)"], {})
+    started = time.monotonic()
+    assert supervise([sleeper, crasher], poll_s=0.05) == 1
+    assert time.monotonic() - started < 60  # it returns only once the sleeper is gone
+
+
+def test_taesar_worker_gpus_starts_one_worker_per_gpu_and_sigterm_stops_them_all(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """On CPU with made-up GPU ids: CUDA_VISIBLE_DEVICES is only an environment variable."""
+    prefix = f"test-gpus-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "TAESAR_MODEL_DIR": str(model_dir),
+        "TAESAR_KEY_PREFIX": prefix,
+        "TAESAR_REDIS_URL": REDIS_URL,
+        "TAESAR_DEVICE": "cpu",
+        "OMP_NUM_THREADS": "1",
+    }
+    log = tmp_path / "workers.log"
+    cmd = [sys.executable, "-m", "app.cli", "worker", "--gpus", "7,9", "--loglevel", "INFO"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1])
+    try:
+        deadline = time.monotonic() + 120
+        while not all(_ready(log, f"gpu{g}@") for g in (7, 9)):
+            assert proc.poll() is None, f"the supervisor exited:\n{_tail(log)}"
+            assert time.monotonic() < deadline, f"the workers did not get ready:\n{_tail(log)}"
+            time.sleep(0.2)
+        pids = {m[0]: int(m[1]) for m in re.findall(r"worker on GPU (\d+): pid (\d+)", log.read_text())}
+        assert set(pids) == {"7", "9"}
+        for gpu, pid in pids.items():
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert f"CUDA_VISIBLE_DEVICES={gpu}".encode() in environ
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, _tail(log)
+        for pid in pids.values():
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        delete_prefix(prefix)
+
+
+def _ready(log: Path, node: str) -> bool:
+    return any(node in line and "ready." in line for line in log.read_text(errors="replace").splitlines())
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-4000:]

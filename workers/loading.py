@@ -37,7 +37,8 @@ class WorkerContext:
     def load(self) -> Engines:
         """Every bundle under settings.model_dir, loaded on the first call only."""
         if self.engines is None:
-            self.engines = load_engines(self.settings)
+            # one chunk at a time per process: an "auto" GPU budget is not split
+            self.engines = load_engines(self.settings, concurrent_decodes=1)
             log_event(log, "worker_models_loaded", models=self.engines.names, failures=len(self.engines.failures))
         return self.engines
 
