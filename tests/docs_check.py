@@ -149,7 +149,7 @@ def _session_script(path: Path, chosen: list[Block], scratch: Path) -> str:
     lines = [
         "set -eo pipefail",
         # stop what this file started in the background (API, worker) when it ends
-        "trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null' EXIT",
+        "trap 'set +e; kill $(jobs -p) 2>/dev/null; wait 2>/dev/null' EXIT",
         f"cd {shlex.quote(str(ROOT))}",
         "[ -f .venv/bin/activate ] && . .venv/bin/activate",
     ]
