@@ -2,8 +2,10 @@
 
 `prepare` turns an interaction frame (user_id, item_id, domain, timestamp) into a
 `Dataset`: a catalogue plus one chronological dense-id sequence per user. Every
-filter works on integer codes with numpy, so millions of rows take seconds.
-Nothing here knows domain names or how many there are.
+filter works on integer codes with numpy (int32 ids, int8 domains), so millions of
+rows take seconds and about 17 bytes a row; Python objects exist per distinct
+user and item, never per interaction. Nothing here knows domain names or how
+many there are.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from models.errors import CatalogueError, DataError
 FORMAT = "taesar-dataset"
 VERSION = 1
 _FILES = {"catalogue": "catalogue.json", "sequences": "sequences.parquet"}
+_USERS_PER_PASS = 1 << 16  # users whose items _counts copies at a time
+_ROW_GROUP_USERS = 1 << 16  # users per row group of sequences.parquet: what one write copies
+_SEQUENCE_SCHEMA = pa.schema({"user_id": pa.string(), "items": pa.large_list(pa.int64())})
 Split = Literal["valid", "test"]
 
 
@@ -75,18 +80,22 @@ class EvalPoint:
 class _Log:
     """Integer-coded interactions; row order = input order until `_sort` runs."""
 
-    user: np.ndarray
-    item: np.ndarray
-    domain: np.ndarray  # of each row
-    time: np.ndarray
-    users: np.ndarray  # code -> external id
+    user: np.ndarray  # int32 codes
+    item: np.ndarray  # int32 codes
+    domain: np.ndarray  # int8, of each row
+    time: np.ndarray | None  # None once sorted
+    users: np.ndarray  # code -> external id (str objects, one per distinct user)
     items: np.ndarray
     domains: list[str]
 
-    def take(self, keep: np.ndarray) -> _Log:
-        return _Log(
-            self.user[keep], self.item[keep], self.domain[keep], self.time[keep], self.users, self.items, self.domains
-        )
+    def select(self, rows: np.ndarray) -> None:
+        """Keep `rows` (a mask or an order), one column at a time, so that only one
+        new column exists next to the old ones at any moment."""
+        self.user = self.user[rows]
+        self.item = self.item[rows]
+        self.domain = self.domain[rows]
+        if self.time is not None:
+            self.time = self.time[rows]
 
     def counts(self) -> dict:
         return {"rows": len(self.user), "users": _n_distinct(self.user), "items": _n_distinct(self.item)}
@@ -97,15 +106,18 @@ def prepare(df: pd.DataFrame, cfg: PrepConfig, *, domains: list[str] | None = No
     last `max_len` items, users long enough to split, then the catalogue."""
     log = _encode(df, domains)
     stats = {"input": log.counts()}
-    log = _filter_core(log, cfg)
+    _filter_core(log, cfg)
     stats["filtered"] = log.counts()
-    log = _sort(log)
-    log = log.take(_last_n(log.user, cfg.max_len))
+    _sort(log)
+    log.select(_last_n(log.user, cfg.max_len))
     stats["truncated"] = log.counts()
-    log = log.take(_group_size(log.user) >= cfg.min_len)
+    log.select(_at_least(log.user, cfg.min_len))
     stats["final"] = log.counts()
     catalogue = _build_catalogue(log, stats, cfg)
-    user_ids, sequences = _sequences(log, catalogue)
+    dense = _dense_ids(log, catalogue)
+    user, users = log.user, log.users
+    del log  # its item and domain columns are spent
+    user_ids, sequences = _sequences(user, users, dense)
     options = {**asdict(cfg), "domains": list(catalogue.domains)}
     fp = fingerprint(catalogue, user_ids, sequences, options)
     return Dataset(catalogue, user_ids, sequences, options, fp, source, stats)
@@ -121,16 +133,47 @@ def _encode(df: pd.DataFrame, domains: list[str] | None) -> _Log:
         raise DataError("the interaction frame has no rows")
     if df["timestamp"].isna().any():
         raise DataError(f"{int(df['timestamp'].isna().sum())} row(s) have no timestamp")
-    user, users = pd.factorize(df["user_id"].astype(str))
-    item, items = pd.factorize(df["item_id"].astype(str))
-    dom, seen = pd.factorize(df["domain"].astype(str))
+    user, users = _factorize(df["user_id"])
+    item, items = _factorize(df["item_id"])
+    dom, seen = _factorize(df["domain"])
     names = _domain_order(list(seen), domains)
-    remap = np.array([names.index(d) for d in seen], dtype=np.int64)
-    _check_one_domain_per_item(item, remap[dom], items, names)
+    remap = np.array([names.index(d) for d in seen], dtype=np.int8)  # at most 16 domains
+    domain = remap[dom]
+    _check_one_domain_per_item(item, domain, items, names)
     time = df["timestamp"].to_numpy()  # native dtype: int64 epoch-ns would lose ties as float
-    return _Log(
-        user.astype(np.int64), item.astype(np.int64), remap[dom], time, np.asarray(users), np.asarray(items), names
-    )
+    return _Log(user, item, domain, time, users, items, names)
+
+
+def _factorize(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 code of each row, external id of each code as str): the codes and order of
+    `pd.factorize(col.astype(str))`, without a string per row for categorical columns
+    (what the importers return)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        codes = col.array.codes  # a view; Series.cat.codes would copy
+        if not len(codes) or codes.min() >= 0:  # a missing value (-1) is the text "nan" to astype(str)
+            categories = col.cat.categories
+            if not _first_appearance_order(codes):
+                codes, used = pd.factorize(codes)
+                categories = categories.take(used)
+            names = categories.astype(str)
+            merged, uniques = pd.factorize(names)
+            if len(uniques) < len(names):  # categories that are one text, e.g. 7 and "7"
+                codes = merged[codes]
+            return codes.astype(np.int32, copy=False), np.asarray(uniques, dtype=object)
+    codes, uniques = pd.factorize(col.astype(str))
+    return codes.astype(np.int32), np.asarray(uniques, dtype=object)
+
+
+def _first_appearance_order(codes: np.ndarray, step: int = 1 << 20) -> bool:
+    """Whether each code first appears right after all smaller ones (0, 1, 0, 2, ...)."""
+    top = -1  # the largest code before the current piece; pieces keep the temporaries small
+    for start in range(0, len(codes), step):
+        piece = codes[start : start + step].astype(np.int64)
+        before = np.maximum.accumulate(np.r_[top, piece[:-1]])
+        if (piece > before + 1).any():
+            return False
+        top = max(top, int(piece.max()))
+    return True
 
 
 def _domain_order(seen: list[str], domains: list[str] | None) -> list[str]:
@@ -147,7 +190,7 @@ def _domain_order(seen: list[str], domains: list[str] | None) -> list[str]:
 
 def _check_one_domain_per_item(item: np.ndarray, dom: np.ndarray, items: np.ndarray, names: list[str]) -> None:
     seen = _presence(item, dom, len(items), len(names))
-    twice = np.flatnonzero(seen.sum(axis=1) > 1)
+    twice = np.flatnonzero(seen.sum(axis=1) > 1)  # codes number items in order of first appearance
     if len(twice):
         examples = {str(items[i]): [names[d] for d in np.flatnonzero(seen[i])] for i in twice[:5]}
         raise DataError(f"{len(twice)} item(s) appear in more than one domain, e.g. {examples}")
@@ -160,22 +203,21 @@ def _presence(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> n
     return seen
 
 
-def _filter_core(log: _Log, cfg: PrepConfig) -> _Log:
+def _filter_core(log: _Log, cfg: PrepConfig) -> None:
     """Iterate k-core (per user and domain, per item) and the all-domains rule to a fixed point:
     each filter can break the other, and the paper's data satisfies both."""
     k, n_dom = cfg.k_core, len(log.domains)
     while True:
         keep = np.ones(len(log.user), dtype=bool)
         if k > 1:
-            user_dom = log.user * n_dom + log.domain
-            keep &= _group_size(user_dom) >= k
-            keep &= _group_size(log.item) >= k
+            keep &= _at_least(log.user.astype(np.int64) * n_dom + log.domain, k)  # (user, domain) pairs
+            keep &= _at_least(log.item, k)
         if cfg.require_all_domains:
             n_seen = _presence(log.user[keep], log.domain[keep], len(log.users), n_dom).sum(axis=1)
-            keep &= n_seen[log.user] == n_dom
+            keep &= (n_seen == n_dom)[log.user]
         if keep.all():
-            return log
-        log = log.take(keep)
+            return
+        log.select(keep)
 
 
 def _live_codes(codes: np.ndarray) -> np.ndarray:
@@ -187,24 +229,33 @@ def _n_distinct(codes: np.ndarray) -> int:
     return int(np.count_nonzero(np.bincount(codes))) if len(codes) else 0
 
 
-def _group_size(codes: np.ndarray) -> np.ndarray:
-    """For every row, how many rows share its code."""
-    return np.bincount(codes)[codes] if len(codes) else np.zeros(0, dtype=np.int64)
+def _at_least(codes: np.ndarray, k: int) -> np.ndarray:
+    """For every row, whether at least k rows share its code."""
+    return (np.bincount(codes) >= k)[codes] if len(codes) else np.zeros(0, dtype=bool)
 
 
-def _sort(log: _Log) -> _Log:
-    # two stable sorts (time, then user) leave equal timestamps in input order
-    by_time = np.argsort(log.time, kind="stable")
-    return log.take(by_time[np.argsort(log.user[by_time], kind="stable")])
+def _row_index(n: int) -> type:
+    """The smallest integer type that numbers n rows (permutations are 4 bytes a row, not 8)."""
+    return np.int32 if n < 2**31 else np.int64
+
+
+def _sort(log: _Log) -> None:
+    """Group the rows by user, each user's in time order, and drop the times."""
+    # stable: equal timestamps keep the input order; one lexsort needs less memory than two argsorts
+    order = np.lexsort((log.time, log.user))
+    log.time = None
+    log.select(order)
 
 
 def _last_n(user: np.ndarray, n: int) -> np.ndarray:
     """Mask of the last n rows of each user; rows must be grouped by user."""
     if not len(user):
         return np.zeros(0, dtype=bool)
-    ends = np.flatnonzero(np.r_[user[1:] != user[:-1], True])  # last row of each run
-    run_end = np.repeat(ends, np.diff(np.r_[-1, ends]))
-    return run_end - np.arange(len(user)) < n
+    index = _row_index(len(user))
+    ends = np.r_[np.flatnonzero(user[1:] != user[:-1]), len(user) - 1].astype(index)  # last row of each run
+    run_end = np.repeat(ends, np.diff(np.r_[index(-1), ends]))
+    run_end -= np.arange(len(user), dtype=index)  # rows after this one in its run
+    return run_end < n
 
 
 def _build_catalogue(log: _Log, stats: dict, cfg: PrepConfig) -> Catalogue:
@@ -227,19 +278,24 @@ def _build_catalogue(log: _Log, stats: dict, cfg: PrepConfig) -> Catalogue:
         raise DataError(f"cannot build the catalogue: {exc.message}") from exc
 
 
-def _sequences(log: _Log, catalogue: Catalogue) -> tuple[list[str], list[np.ndarray]]:
-    """One dense-id array per user, users in natural id order ("2" before "10")."""
+def _dense_ids(log: _Log, catalogue: Catalogue) -> np.ndarray:
+    """The catalogue's dense id of every row's item (int64)."""
     dense_of_code = np.full(len(log.items), -1, dtype=np.int64)
     codes = _live_codes(log.item)
     dense_of_code[codes] = pd.Index(catalogue.item_ids).get_indexer(log.items[codes].astype(str))
     dense = dense_of_code[log.item]
-    assert (dense >= 0).all()
-    starts = np.flatnonzero(np.r_[True, log.user[1:] != log.user[:-1]])  # rows are grouped by user
-    user_codes = log.user[starts]
+    assert not len(dense) or dense.min() >= 0
+    return dense
+
+
+def _sequences(user: np.ndarray, users: np.ndarray, dense: np.ndarray) -> tuple[list[str], list[np.ndarray]]:
+    """One dense-id array per user, users in natural id order ("2" before "10"); rows are
+    grouped by user. The arrays are views of `dense` (a small header per user, no copy)."""
+    starts = np.r_[0, np.flatnonzero(user[1:] != user[:-1]) + 1]
     bounds = np.r_[starts, len(dense)]
-    ids = log.users[user_codes].astype(str)
+    ids = users[user[starts]].astype(str)
     order = _natural_order(ids)
-    return [str(ids[i]) for i in order], [dense[bounds[i] : bounds[i + 1]].copy() for i in order]
+    return [str(ids[i]) for i in order], [dense[bounds[i] : bounds[i + 1]] for i in order]
 
 
 def _natural_order(ids: np.ndarray) -> np.ndarray:
@@ -268,7 +324,7 @@ def save_dataset(ds: Dataset, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
     (out / _FILES["catalogue"]).write_text(json.dumps(ds.catalogue.to_dict(), ensure_ascii=False), encoding="utf-8")
-    pq.write_table(_sequence_table(ds), out / _FILES["sequences"])
+    _write_sequences(ds, out / _FILES["sequences"])
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -283,21 +339,36 @@ def save_dataset(ds: Dataset, out_dir: str | Path) -> Path:
     return out
 
 
-def _sequence_table(ds: Dataset) -> pa.Table:
-    offsets = np.r_[0, np.cumsum([len(s) for s in ds.sequences])].astype(np.int64)
-    values = np.concatenate(ds.sequences).astype(np.int64) if ds.sequences else np.zeros(0, np.int64)
+def _write_sequences(ds: Dataset, path: Path) -> None:
+    # one row group at a time, so only one group's items are copied into Arrow
+    tables = (
+        _sequence_table(ds.user_ids[a : a + _ROW_GROUP_USERS], ds.sequences[a : a + _ROW_GROUP_USERS])
+        for a in range(0, max(len(ds.sequences), 1), _ROW_GROUP_USERS)
+    )
+    with pq.ParquetWriter(path, _SEQUENCE_SCHEMA) as writer:
+        for table in tables:
+            writer.write_table(table)
+
+
+def _sequence_table(user_ids: list[str], sequences: list[np.ndarray]) -> pa.Table:
+    offsets = np.r_[0, np.cumsum([len(s) for s in sequences])].astype(np.int64)
+    values = np.concatenate(sequences).astype(np.int64) if sequences else np.zeros(0, np.int64)
     items = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
-    return pa.table({"user_id": pa.array(ds.user_ids, pa.string()), "items": items})
+    return pa.table({"user_id": pa.array(user_ids, pa.string()), "items": items})
 
 
 def _counts(ds: Dataset) -> dict:
     cat = ds.catalogue
-    flat = np.concatenate(ds.sequences) if ds.sequences else np.zeros(0, np.int64)
-    per_dom = np.bincount(cat.item_domain[flat], minlength=cat.n_domains) if len(flat) else np.zeros(cat.n_domains)
+    per_dom = np.zeros(cat.n_domains, dtype=np.int64)
+    n = 0
+    for start in range(0, len(ds.sequences), _USERS_PER_PASS):  # bounded copies, not one of every item
+        flat = np.concatenate(ds.sequences[start : start + _USERS_PER_PASS])
+        per_dom += np.bincount(cat.item_domain[flat], minlength=cat.n_domains)
+        n += len(flat)
     return {
         "n_users": len(ds.user_ids),
         "n_items": cat.n_items,
-        "n_interactions": len(flat),
+        "n_interactions": n,
         "domains": {
             d: {"items": cat.domain_size(k), "interactions": int(per_dom[k])} for k, d in enumerate(cat.domains)
         },
@@ -353,12 +424,28 @@ def _read_manifest(folder: Path) -> dict:
 
 
 def _read_sequences(path: Path) -> tuple[list[str], list[np.ndarray]]:
-    table = pq.read_table(path)
-    items = table.column("items").combine_chunks()
-    offsets = items.offsets.to_numpy()
-    values = items.values.to_numpy().astype(np.int64)
-    sequences = [values[a:b].copy() for a, b in pairwise(offsets)]
-    return table.column("user_id").to_pylist(), sequences
+    """Every user's items as views of one int64 array, filled one row group at a time."""
+    user_ids: list[str] = []
+    bounds: list[np.ndarray] = []  # per row group: offsets of its users into `values`
+    with pq.ParquetFile(path) as pf:
+        meta = pf.metadata
+        groups = range(meta.num_row_groups)
+        leaf = next(c for c in range(meta.num_columns) if meta.schema.column(c).path.startswith("items."))
+        # the leaf count bounds the items (an empty list counts one); unwritten pages cost nothing
+        values = np.empty(sum(meta.row_group(g).column(leaf).num_values for g in groups), np.int64)
+        pos = 0
+        for g in groups:
+            table = pf.read_row_group(g, columns=["user_id", "items"])
+            items = table.column("items").combine_chunks()
+            offsets = items.offsets.to_numpy()
+            part = items.values.to_numpy()[offsets[0] : offsets[-1]]
+            values[pos : pos + len(part)] = part
+            bounds.append(offsets - offsets[0] + pos)
+            pos += len(part)
+            user_ids += table.column("user_id").to_pylist()
+    pa.default_memory_pool().release_unused()
+    sequences = [values[a:b] for offsets in bounds for a, b in pairwise(offsets.tolist())]
+    return user_ids, sequences
 
 
 # -- splits (leave-N-out) ------------------------------------------------------------

@@ -322,3 +322,96 @@ def test_real_ml100k_prepares_into_four_domains_of_at_least_150_items(real_wheel
     assert ds.catalogue.n_domains == 4
     assert all(ds.catalogue.domain_size(d) >= 150 for d in ds.catalogue.domains)
     assert all(4 <= len(s) <= 128 for s in ds.sequences)
+
+
+# -- large logs: the same dataset from any frame; codes, not objects, per interaction -----
+
+
+def odd_log(seed: int) -> pd.DataFrame:
+    """A generated log with ids that are easy to mangle: "000" next to "0" in one domain (equal
+    natural keys), numbers next to text, unicode, surrounding spaces, repeated rows (time ties)."""
+    from tests.synthetic import make_log
+
+    log = make_log(["Bü", "♪ x", "z"], n_users=40, seed=seed)
+    user = log["user_id"].str[1:].astype(int)
+    log["user_id"] = np.where(
+        user % 5 == 4, " 用户" + user.astype(str) + " ", np.where(user % 2, user.astype(str), "0" + user.astype(str))
+    )
+    dom, n = log["item_id"].str.split("-", expand=True).to_numpy().T
+    half = (n.astype(int) // 2).astype(str)
+    log["item_id"] = np.where(dom == "0", np.where(n.astype(int) % 2, "00" + half, half), dom + "·" + n)
+    return pd.concat([log, log.iloc[::7]], ignore_index=True)  # the copies tie with their originals
+
+
+def as_text(log: pd.DataFrame) -> pd.DataFrame:
+    return log.assign(**{c: log[c].str.strip().astype(object) for c in ("user_id", "item_id", "domain")})
+
+
+def assert_same_dataset(a: Dataset, b: Dataset) -> None:
+    assert a.fingerprint == b.fingerprint and a.user_ids == b.user_ids and a.catalogue == b.catalogue
+    assert [s.tolist() for s in a.sequences] == [s.tolist() for s in b.sequences] and a.stats == b.stats
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_files_and_frames_of_any_dtype_give_the_same_dataset(tmp_path: Path, seed: int) -> None:
+    raw = odd_log(seed)
+    text = as_text(raw)  # object columns of str: the pd.factorize(astype(str)) path
+    reference = prepare(text, PrepConfig(max_len=20))
+    assert {"000", "0"} <= set(reference.catalogue.item_ids) and any("用户" in u for u in reference.user_ids)
+    raw.to_csv(tmp_path / "log.csv", index=False)
+    raw.to_parquet(tmp_path / "log.parquet")
+    sorted_categories = text.astype({c: "category" for c in ("user_id", "item_id", "domain")})
+    numbers = text.assign(user_id=[int(u) if u.isdigit() and u[0] != "0" else u for u in text["user_id"]])
+    frames = [
+        read_interactions(tmp_path / "log.csv"),
+        read_interactions(tmp_path / "log.parquet"),
+        sorted_categories,  # categories not in order of first appearance
+        numbers.astype({"user_id": "category"}),  # categories 7 and "7" would both be the text "7"
+    ]
+    for df in frames:
+        assert_same_dataset(prepare(df, PrepConfig(max_len=20)), reference)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_categorical_is_factorized_like_its_text(seed: int) -> None:
+    from models.data import _factorize
+
+    rng = np.random.default_rng(seed)
+    pool = np.array(["007", "7", 7, "ü", "a", 3.0, "3.0", "3", " 3"], dtype=object)
+    values = pool[rng.integers(len(pool), size=60)]
+    codes, uniques = pd.factorize(pd.Series(values).astype(str))
+    shuffled = pd.Categorical(values, categories=rng.permutation(pd.unique(values)))
+    for col in (pd.Series(values).astype("category"), pd.Series(shuffled)):
+        got, ids = _factorize(col)
+        assert got.dtype == np.int32 and got.tolist() == codes.tolist() and ids.tolist() == list(uniques)
+
+
+def test_preparation_works_on_small_integer_codes(tmp_path: Path) -> None:
+    from models.data import _encode
+
+    odd_log(0).to_csv(tmp_path / "log.csv", index=False)
+    log = _encode(read_interactions(tmp_path / "log.csv"), None)
+    assert (log.user.dtype, log.item.dtype, log.domain.dtype, log.time.dtype) == (np.int32, np.int32, np.int8, np.int64)
+    assert len(log.users) == log.counts()["users"] and all(isinstance(u, str) for u in log.users)
+
+
+def test_sequences_are_views_of_one_array_after_prepare_and_load(small: Dataset, tmp_path: Path) -> None:
+    for ds in (small, load_dataset(save_dataset(small, tmp_path / "ds"))):
+        assert len({id(s.base) for s in ds.sequences}) == 1 and all(s.base is not None for s in ds.sequences)
+
+
+def test_sequences_are_written_and_read_one_row_group_at_a_time(
+    small: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.parquet as pq
+
+    from models import data
+
+    monkeypatch.setattr(data, "_ROW_GROUP_USERS", 1)
+    out = save_dataset(small, tmp_path / "ds")
+    assert pq.ParquetFile(out / "sequences.parquet").metadata.num_row_groups == 2
+    assert_same(small, load_dataset(out))
+    # a file of one row group of all users (what pq.write_table gives) reads the same
+    pq.write_table(data._sequence_table(small.user_ids, small.sequences), tmp_path / "one.parquet")
+    ids, seqs = data._read_sequences(tmp_path / "one.parquet")
+    assert ids == small.user_ids and [s.tolist() for s in seqs] == [s.tolist() for s in small.sequences]

@@ -319,3 +319,174 @@ def test_real_ml100k_wheel_has_expected_counts_and_four_big_domains(real_wheel: 
     items = df.drop_duplicates("item_id")["domain"].value_counts()
     assert set(items.index) == set(ML100K_DOMAINS) and items.min() >= 150
     assert (df.groupby("item_id")["domain"].nunique() == 1).all()
+
+
+# -- large logs: columnar frames, read block by block, within a memory bound -----------
+
+# ids a careless reader mangles: leading zeros, a number and its text twins, unicode, spaces,
+# a separator inside a value; " pad " and "pad" are one item once stripped
+ODD = pd.DataFrame(
+    {
+        "user_id": ["007", "7", "007", "日本", "7", "u 1", "10", "2", "日本", "10"],
+        "item_id": ["007", "7", "1.0", " pad ", "a,b", "007", "pad", "é", "7", "1.0"],
+        "domain": ["Bü", "Bü", "Bü", "♪ x", "♪ x", "Bü", "♪ x", "♪ x", "Bü", "Bü"],
+        "timestamp": [5, 3, 3, 9, 1, 2, 2, 2, 4, 4],
+    }
+)
+
+
+def stripped(df: pd.DataFrame) -> pd.DataFrame:
+    return df.assign(**{c: df[c].str.strip() for c in ("user_id", "item_id", "domain")})
+
+
+def write_log(df: pd.DataFrame, path: Path) -> Path:
+    if path.suffix in (".parquet", ".pq"):
+        df.to_parquet(path)
+    else:
+        df.to_csv(path, sep="\t" if path.suffix == ".tsv" else ",", index=False)
+    return path
+
+
+@pytest.mark.parametrize("name", ["log.csv", "log.tsv", "log.parquet", "log.csv.gz"])
+def test_ids_come_back_as_categoricals_of_strings_with_no_object_column(tmp_path: Path, name: str) -> None:
+    df = read_interactions(write_log(ODD, tmp_path / name))
+    expected = stripped(ODD)
+    assert not any(pd.api.types.is_object_dtype(dtype) for dtype in df.dtypes)
+    for col in ("user_id", "item_id", "domain"):
+        assert isinstance(df[col].dtype, pd.CategoricalDtype)
+        assert df[col].array.codes.dtype.kind == "i"
+        # each distinct id once, as text, in order of first appearance (as pd.factorize numbers them)
+        assert list(df[col].cat.categories) == list(pd.unique(expected[col]))
+        assert all(isinstance(c, str) for c in df[col].cat.categories)
+    assert df["timestamp"].dtype == "int64"
+    pd.testing.assert_frame_equal(df.astype(object), expected.astype(object))
+
+
+def test_movielens_frames_are_columnar_too(tmp_path: Path) -> None:
+    df = read_ml100k_recbole(write_recbole_wheel(tmp_path / "r.whl"), min_domain_items=0)
+    assert all(isinstance(df[c].dtype, pd.CategoricalDtype) for c in ("user_id", "item_id", "domain"))
+    assert df["timestamp"].dtype == "int64"
+
+
+@pytest.fixture
+def tiny_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """About one line per text block, a few rows per Parquet batch, dictionaries merged often,
+    and a row estimate far too low, so columns grow in many segments."""
+    monkeypatch.setattr(importers, "_TEXT_BLOCK_BYTES", 8)
+    monkeypatch.setattr(importers, "_BATCH_ROWS", 3)
+    monkeypatch.setattr(importers, "_MERGE_VALUES", 4)
+    monkeypatch.setattr(importers, "_MERGE_ROWS", 5)
+    monkeypatch.setattr(importers, "_estimate_text_rows", lambda path: 1)
+
+
+@pytest.mark.parametrize("name", ["log.csv", "log.parquet"])
+def test_reading_in_many_blocks_gives_the_same_frame(tmp_path: Path, name: str, request: pytest.FixtureRequest) -> None:
+    from tests.synthetic import make_log
+
+    log = pd.concat([make_log(["A", "B", "C"], n_users=30, seed=2), ODD.assign(domain="D")], ignore_index=True)
+    path = write_log(log, tmp_path / name)
+    whole = read_interactions(path)
+    request.getfixturevalue("tiny_blocks")
+    pd.testing.assert_frame_equal(read_interactions(path), whole)
+
+
+# what one whole-file read gives (the timestamps of LOG's four rows); blocks must not change it
+WHOLE_COLUMN_TIMES = [
+    (["1", "2", "3", "4.5"], [1.0, 2.0, 3.0, 4.5]),  # a float anywhere makes every value float
+    ([" 1", "2", "3", "4"], [1, 2, 3, 4]),  # padded integers are integers
+    (["+5", "6", "7", "8"], [5.0, 6.0, 7.0, 8.0]),  # Arrow reads "+5" as a float only
+    (["2020", "2021", "2020-06-01", "2021-01-01T10:00:00"], [1577836800.0, 1609459200.0, 1590969600.0, 1609495200.0]),
+    (["2020-01-01T00:00:00.5", "2020-01-01 00:00:01", "2020-01-02", "2020-01-01T00:00:00+01:00"],
+     [1577836800.5, 1577836801.0, 1577923200.0, 1577833200.0]),
+]  # fmt: skip
+WHOLE_COLUMN_ERRORS = [
+    (["1", "2", "3", "2020-01-01"], r"1 timestamp\(s\) mixes numbers and dates, e\.g\. '2020-01-01'"),
+    (["1", "2", "x", "y"], r"2 timestamp\(s\) cannot be read as a number or an ISO-8601 date, e\.g\. 'x'"),
+    (["1", "2", "3", ""], r"1 row\(s\) have an empty timestamp \(first at data row 4\)"),
+    (["1", "2", "3", "  "], r"1 row\(s\) have an empty timestamp \(first at data row 4\)"),
+    (["1.5", "2", "nan", "4"], r"1 row\(s\) have an empty timestamp \(first at data row 3\)"),
+    (["true", "false", "True", "0"], "timestamp column holds booleans"),
+]
+
+
+@pytest.mark.parametrize("blocks", ["whole", "tiny"])
+@pytest.mark.parametrize(("times", "expected"), WHOLE_COLUMN_TIMES)
+def test_time_values_follow_the_whole_column(
+    tmp_path: Path, request: pytest.FixtureRequest, blocks: str, times: list[str], expected: list
+) -> None:
+    if blocks == "tiny":
+        request.getfixturevalue("tiny_blocks")
+    ts = read_interactions(write_log(LOG.assign(timestamp=times), tmp_path / "log.csv"))["timestamp"]
+    assert ts.tolist() == expected and ts.dtype == ("int64" if isinstance(expected[0], int) else "float64")
+
+
+@pytest.mark.parametrize("blocks", ["whole", "tiny"])
+@pytest.mark.parametrize(("times", "message"), WHOLE_COLUMN_ERRORS)
+def test_time_errors_follow_the_whole_column(
+    tmp_path: Path, request: pytest.FixtureRequest, blocks: str, times: list[str], message: str
+) -> None:
+    if blocks == "tiny":
+        request.getfixturevalue("tiny_blocks")
+    with pytest.raises(DataError, match=message):
+        read_interactions(write_log(LOG.assign(timestamp=times), tmp_path / "log.csv"))
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_any_line_ending_reads_the_same_in_many_blocks(tmp_path: Path, newline: str, tiny_blocks: None) -> None:
+    text = newline.join(["user_id,item_id,domain,timestamp", "007,1,Books,5", "007,2,Music,3", "b,1,Books,3"]) + newline
+    (tmp_path / "log.csv").write_bytes(text.encode())
+    df = read_interactions(tmp_path / "log.csv")
+    assert df["user_id"].tolist() == ["007", "007", "b"] and df["timestamp"].tolist() == [5, 3, 3]
+
+
+def test_empty_ids_in_a_later_block_report_the_global_row(tmp_path: Path, tiny_blocks: None) -> None:
+    rows = "".join(f"u{k},{k},{'AB'[k % 2]},{k}\n" for k in range(20)) + "u9,,A,99\n"
+    with pytest.raises(DataError, match=r"1 row\(s\) have an empty item_id \(first at data row 21\)"):
+        read_interactions(write(tmp_path / "log.csv", "user_id,item_id,domain,timestamp\n" + rows))
+
+
+@pytest.mark.parametrize("name", ["log.csv", "log.csv.gz"])
+def test_the_row_count_of_a_text_log_is_estimated_from_a_sample(tmp_path: Path, name: str) -> None:
+    n = 90_000  # over the 1 MiB sample
+    big = pd.DataFrame(
+        {"user_id": [f"u{k % 997}" for k in range(n)], "item_id": range(n), "domain": "A", "timestamp": 1}
+    )
+    path = write_log(big, tmp_path / name)
+    assert abs(importers._estimate_text_rows(path) - n) < 0.1 * n
+    assert importers._estimate_text_rows(write_log(LOG, tmp_path / "small.csv")) == len(LOG)
+
+
+@pytest.mark.parametrize("name", ["log.csv", "log.parquet"])
+def test_a_log_too_large_for_the_memory_is_refused_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    path = write_log(LOG, tmp_path / name)
+    need = importers.IMPORT_WORK_BYTES + importers.IMPORT_BYTES_PER_ROW * len(LOG)
+    monkeypatch.setattr(importers, "_available_memory", lambda: need - 1)
+    monkeypatch.setattr(importers, "_frame", lambda *a, **k: pytest.fail("the log was read"))
+    with pytest.raises(DataError) as info:
+        read_interactions(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: about 4 interactions need about 160 MiB of memory to import")
+    assert "(50 bytes each + 160 MiB) but 160 MiB is available" in msg
+    assert msg.endswith("split the log by user into parts that fit, or use a machine with more memory")
+    assert info.value.details == {"rows": 4, "need_bytes": need, "available_bytes": need - 1}
+
+
+def test_a_log_that_fits_is_not_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    need = importers.IMPORT_WORK_BYTES + importers.IMPORT_BYTES_PER_ROW * len(LOG)
+    monkeypatch.setattr(importers, "_available_memory", lambda: need)
+    assert len(read_interactions(write_log(LOG, tmp_path / "log.csv"))) == 4
+
+
+def test_the_cli_refuses_a_too_large_log_with_one_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    monkeypatch.setattr(importers, "_available_memory", lambda: 2**20)
+    log = write_log(LOG, tmp_path / "log.csv")
+    result = CliRunner().invoke(app, ["data", "import", "--interactions", str(log), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output.startswith("error:") and "split the log by user" in result.output
+    assert result.output.count("\n") == 1 and not (tmp_path / "out").exists()
