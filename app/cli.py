@@ -6,10 +6,12 @@ go to stderr so stdout stays clean for tables and pipes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -239,6 +241,26 @@ HoldoutEval = Annotated[
     typer.Option(min=1, help="leave-N-out: last N positions test, N before them valid (default: the dataset's)"),
 ]
 AdaptEpochs = Annotated[int, typer.Option(min=0, help="epochs of domain adaptation per expert")]
+MaxSteps = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="stop the mixed model and each expert after this many optimiser steps (across epochs), "
+        "then validate in full",
+    ),
+]
+
+
+def _logits_budget(value: float | None) -> float | None:
+    from models.losses import check_budget_mb
+
+    if value is None:
+        return None
+    try:
+        check_budget_mb("--logits-budget-mb", value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
 
 
 def _run_pretrain(
@@ -250,8 +272,13 @@ def _run_pretrain(
     device: str,
     holdout: int | None = None,
     patience: int = 10,
-    sizes: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Path:
+    """Pretrain and write a bundle. options holds model sizes (SASRecConfig fields) and
+    further TrainConfig fields (lr, batch_size, max_steps, logits_budget_mb).
+
+    Under torchrun every rank trains its share and rank 0 alone writes the bundle and
+    prints; the other ranks return once it is written."""
     from models.data import load_dataset
     from models.pretrain import TrainConfig, pretrain
     from models.sasrec import SASRecConfig
@@ -260,8 +287,8 @@ def _run_pretrain(
         raise typer.BadParameter("--device must be auto, cpu or cuda")
     ds = load_dataset(data)
     holdout = holdout or ds.options["holdout"]
-    sizes = dict(sizes or {})
-    train = {k: sizes.pop(k) for k in ("lr", "batch_size") if k in sizes}
+    sizes = dict(options or {})
+    train = {k: sizes.pop(k) for k in list(sizes) if k in TrainConfig.__dataclass_fields__}
     cfg = TrainConfig(
         epochs=epochs, patience=patience, adapt_epochs=adapt_epochs, seed=seed, device=device, holdout=holdout,
         **train,
@@ -270,12 +297,84 @@ def _run_pretrain(
     if model.hidden % model.n_heads:
         raise typer.BadParameter(f"--hidden {model.hidden} is not a multiple of --heads {model.n_heads}")
     started = time.perf_counter()
-    with progress_bars() as bars:
-        result = pretrain(ds, cfg, model_config=model, progress=bars)
-    path = result.save(bundle, ds)
-    _print_metrics(result.metrics)
-    out.print(f"bundle written to {path} in {time.perf_counter() - started:.0f} s")
+    with _process_group(device) as dist:
+        is_main = dist is None or dist.rank == 0
+        with progress_bars() if is_main else contextlib.nullcontext() as bars:  # bars on rank 0 only
+            result = pretrain(ds, cfg, model_config=model, progress=bars, dist=dist)
+        path = _write_on_rank_zero(result, bundle, ds, dist)
+    if is_main:
+        _print_metrics(result.metrics)
+        out.print(f"bundle written to {path} in {time.perf_counter() - started:.0f} s")
     return path
+
+
+def _launch() -> tuple[int, int] | None:
+    """(rank, world size) when torchrun started this process, else None."""
+    import torch.distributed as tdist
+
+    if not tdist.is_torchelastic_launched():
+        return None
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+
+@contextmanager
+def _process_group(device: str) -> Iterator[Any]:
+    """The Dist of this rank with its process group up (gloo on CPU, NCCL on this rank's
+    GPU), destroyed on the way out; None for a plain run, which starts nothing."""
+    import torch
+    import torch.distributed as tdist
+
+    from models.distributed import Dist
+
+    launch = _launch()
+    if launch is None:
+        yield None
+        return
+    rank, world = launch
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    on_gpu = _device(device) == "cuda"
+    if on_gpu:
+        if local >= torch.cuda.device_count():
+            raise TaesarError(
+                f"local rank {local} has no GPU: this node has {torch.cuda.device_count()}; "
+                "give torchrun --nproc-per-node at most that many"
+            )
+        torch.cuda.set_device(local)
+    dist = Dist(rank, world, "nccl" if on_gpu else "gloo", local)
+    tdist.init_process_group(dist.backend, rank=rank, world_size=world, device_id=dist.comm_device if on_gpu else None)
+    try:
+        yield dist
+    finally:
+        tdist.destroy_process_group()
+
+
+def _write_on_rank_zero(result: Any, bundle: Path, ds: Any, dist: Any) -> Path:
+    """Rank 0 writes the bundle; the other ranks wait until it has, and fail with it if it
+    could not, rather than return as if a bundle were there."""
+    from models.distributed import broadcast_flag
+
+    if dist is None:
+        return result.save(bundle, ds)
+    failure: Exception | None = None
+    if dist.rank == 0:
+        try:
+            result.save(bundle, ds)
+        except Exception as exc:  # every kind: the others are waiting for the outcome
+            failure = exc
+    written = broadcast_flag(failure is None, dist)
+    if failure is not None:
+        raise failure
+    if not written:
+        raise TaesarError(f"rank 0 could not write the bundle {bundle} (its error line says why)")
+    return bundle
+
+
+def _other_rank_exits(command: str, launch: tuple[int, int] | None, why: str) -> bool:
+    """True (after one line on stderr) when this is a torchrun rank other than 0."""
+    if launch is None or launch[0] == 0:
+        return False
+    err.print(f"rank {launch[0]} of {launch[1]}: {command} {why}; exiting", highlight=False)
+    return True
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -320,16 +419,30 @@ def pretrain(
     lr: Annotated[
         float, typer.Option(callback=_positive, help="Adam learning rate of the mixed model and of adaptation")
     ] = 3e-4,
+    max_steps: MaxSteps = None,
+    logits_budget_mb: Annotated[
+        float | None,
+        typer.Option(
+            callback=_logits_budget,
+            help="MB for one training batch's positions x items logits (larger batches are tiled, same loss) "
+            "and one validation tile's scores [default: DEFAULT_LOGITS_BUDGET_MB of models/losses.py]",
+        ),
+    ] = None,
 ) -> None:
     """Stage I: train the mixed model, then one expert per domain; write a bundle.
 
     Sizes default to the paper's; all of them are recorded in the bundle's manifest. The
     models never see the last 2 x holdout positions of a sequence, so the bundle can be
-    evaluated or exported with that holdout or any smaller one.
+    evaluated or exported with that holdout or any smaller one. Under `torchrun ...
+    --no-python taesar pretrain ...` each process trains its share with
+    DistributedDataParallel (gloo on CPU, NCCL on GPU) and rank 0 writes the bundle.
     """
-    sizes = {"hidden": hidden, "n_layers": layers, "n_heads": heads, "inner": inner, "dropout": dropout}
-    sizes |= {"max_len": max_len, "batch_size": batch_size, "lr": lr}
-    _run_pretrain(data, bundle, epochs, adapt_epochs, seed, device, holdout, patience, sizes)
+    options = {"hidden": hidden, "n_layers": layers, "n_heads": heads, "inner": inner, "dropout": dropout}
+    options |= {"max_len": max_len, "batch_size": batch_size, "lr": lr}
+    options |= {"max_steps": max_steps}
+    if logits_budget_mb is not None:  # else TrainConfig's default
+        options["logits_budget_mb"] = logits_budget_mb
+    _run_pretrain(data, bundle, epochs, adapt_epochs, seed, device, holdout, patience, options)
 
 
 # -- regenerate ---------------------------------------------------------------------
@@ -703,8 +816,12 @@ def pipeline(
         bool, typer.Option("--evaluate/--no-evaluate", help="train and compare downstream models")
     ] = True,
     memory_budget_mb: MemoryBudgetMb = "auto",
+    max_steps: MaxSteps = None,
 ) -> None:
-    """Pretrain, regenerate every chosen target, then evaluate downstream models (report.json/.md, figures)."""
+    """Pretrain, regenerate every chosen target, then evaluate downstream models (report.json/.md, figures).
+
+    Under torchrun all ranks pretrain together; then rank 0 alone regenerates and
+    evaluates while the others exit."""
     from models.bundle import load_bundle
     from models.data import load_dataset
     from models.decoding import Regenerator
@@ -712,6 +829,9 @@ def pipeline(
     from models.output import file_names
 
     started = time.perf_counter()
+    launch = _launch()
+    if bundle is not None and _other_rank_exits("pipeline --bundle", launch, "runs on rank 0 only"):
+        return
     ds = load_dataset(data)
     chosen = _parse_targets(targets, ds.catalogue)
     holdout = holdout or ds.options["holdout"]
@@ -721,7 +841,10 @@ def pipeline(
         else None
     )
     if bundle is None:
-        bundle_dir = _run_pretrain(data, run / "bundle", epochs, adapt_epochs, seed, device, holdout)
+        options = {"max_steps": max_steps}
+        bundle_dir = _run_pretrain(data, run / "bundle", epochs, adapt_epochs, seed, device, holdout, options=options)
+        if _other_rank_exits("pipeline", launch, "pretrained; rank 0 regenerates and evaluates"):
+            return
     else:
         bundle_dir = bundle
     b = load_bundle(bundle_dir, device=_device(device))
@@ -782,10 +905,14 @@ def evaluate(
     device: Device = "auto",
     memory_budget_mb: MemoryBudgetMb = "auto",
 ) -> None:
-    """Train downstream models on each training set of one target domain and compare them."""
+    """Train downstream models on each training set of one target domain and compare them.
+
+    Under torchrun only rank 0 evaluates (with --jobs processes of its own)."""
     from models.data import load_dataset
     from models.evaluation import EvalConfig
 
+    if _other_rank_exits("evaluate", _launch(), "runs on rank 0 only"):
+        return
     ds = load_dataset(data)
     ds.catalogue.domain_index(target)
     holdout = holdout or ds.options["holdout"]

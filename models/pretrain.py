@@ -16,19 +16,26 @@ positions that have a target, and evaluation runs under inference_mode.
 
 Memory: the logits of a training batch (positions x items) and the scores of an
 evaluation (users x items) are bounded by `logits_budget_mb`. A batch whose logits fit
-takes the plain F.cross_entropy path; a larger one (at the defaults, 1 GiB and 128
-windows of up to 128 positions, one over more than ~4,000 items) takes
+takes the plain F.cross_entropy path; a larger one (with 128 windows of up to 128
+positions, one over more than ~2,000 items per 512 MB of budget) takes
 models/losses.py's tiled loss, which gives the same loss and gradients up to float
 rounding. Evaluation scores that do not fit are ranked in tiles (metrics.py).
 
 Sequences longer than max_len + 1 are cut into windows of max_len inputs taken
 from the end, so every transition is trained exactly once; a window's first
 positions then see less context than max_len, which is the price of using all data.
+
+`max_steps` caps each phase (the mixed model, each expert) at that many optimiser steps
+across epochs; the epoch in which the cap is reached still ends with a full validation.
+Given a `Dist`, every phase trains with DistributedDataParallel on this rank's share of
+the batches and validates on its share of the points (models/distributed.py); without
+one nothing distributed runs.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import random
 import time
@@ -44,6 +51,7 @@ import torch.nn.functional as F
 
 from models.bundle import save_bundle
 from models.data import Dataset, eval_points, train_part
+from models.distributed import Dist, all_sum, check_same_data, deal, gather_ranks, rank_seed, shard
 from models.losses import (
     DEFAULT_LOGITS_BUDGET_MB,
     LOGIT_BYTES,
@@ -76,6 +84,7 @@ class TrainConfig:
     ks: tuple[int, ...] = DEFAULT_KS
     # MB for one batch's (positions x items) logits and one evaluation tile's scores
     logits_budget_mb: float = DEFAULT_LOGITS_BUDGET_MB
+    max_steps: int | None = None  # optimiser steps per phase (mixed, each expert); None = no cap
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
@@ -83,6 +92,8 @@ class TrainConfig:
         check_budget_mb("logits_budget_mb", self.logits_budget_mb)
         positive = ("epochs", "patience", "batch_size", "eval_batch_size", "holdout")
         bad = [n for n in positive if getattr(self, n) < 1] + (["adapt_epochs"] if self.adapt_epochs < 0 else [])
+        if self.max_steps is not None and not (isinstance(self.max_steps, int) and self.max_steps >= 1):
+            bad.append("max_steps")
         if bad or not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"TrainConfig values out of range: {bad or ['lr']}")
 
@@ -107,6 +118,8 @@ class PretrainResult:
     best_epoch: int
     timings: dict[str, float]  # seconds per phase
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per mixed epoch
+    steps: dict[str, int] = field(default_factory=dict)  # optimiser steps per phase
+    dist: Dist | None = None  # the process group that trained these models, if any
 
     def save(self, path: str | Path, dataset: Dataset) -> Path:
         """Write these models as a bundle for `dataset` (its catalogue and fingerprint)."""
@@ -124,7 +137,7 @@ class PretrainResult:
     @property
     def training(self) -> dict[str, Any]:
         """What a bundle records about how its models were trained."""
-        return {
+        record: dict[str, Any] = {
             **asdict(self.config),
             "ks": list(self.config.ks),
             "epochs_run": self.epochs_run,
@@ -132,6 +145,12 @@ class PretrainResult:
             "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
             "history": self.history,
         }
+        # added only where they say something, so a plain run records what it always did
+        if self.config.max_steps is not None:
+            record["steps"] = dict(self.steps)
+        if self.dist is not None:
+            record |= {"world_size": self.dist.world_size, "backend": self.dist.backend}
+        return record
 
 
 # -- rows: what the loop trains on ---------------------------------------------------
@@ -222,11 +241,13 @@ def length_buckets(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
 # -- training ------------------------------------------------------------------------
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, dist: Dist | None = None) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available")
+    if name == "cuda" and dist is not None:
+        return torch.device("cuda", dist.local_rank)
     return torch.device(name)
 
 
@@ -248,13 +269,15 @@ def batch_loss(
     start: int,
     end: int,
     budget_mb: float = DEFAULT_LOGITS_BUDGET_MB,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy over the positions with a target; softmax over items [start, end).
 
     Logits that fit budget_mb are materialised; larger ones go through the tiled
     linear_cross_entropy, which relies on scores() being hidden @ item_weights().T
-    with no bias (true of SASRec and GRU4Rec)."""
-    hidden = model(tokens)  # (B, L, H)
+    with no bias (true of SASRec and GRU4Rec). forward, when given, replaces model's own
+    (a DistributedDataParallel wrapper of it, whose forward arms the gradient all-reduce)."""
+    hidden = (forward or model)(tokens)  # (B, L, H)
     live = targets >= 0  # (B, L)
     # gather first: the (n, V) logits matrix is the costliest tensor of the step
     hidden, targets = hidden[live], targets[live]  # (n, H), (n,)
@@ -275,20 +298,61 @@ def train_epoch(
     device: torch.device,
 ) -> float:
     """One pass over rows; returns the mean loss per target position."""
+    return train_steps(model, opt, rows, span, cfg, rng, device)[0]
+
+
+def train_steps(
+    model: SASRec,
+    opt: torch.optim.Optimizer,
+    rows: Rows,
+    span: tuple[int, int],
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    device: torch.device,
+    limit: int | None = None,
+    dist: Dist | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[float, int]:
+    """One epoch over this rank's batches, stopping after `limit` optimiser steps when given;
+    returns (mean loss per target position over all ranks, optimiser steps taken).
+
+    The batch list is drawn whole before the cut, so the generator advances as a full
+    epoch would."""
     model.train()
-    total, count = 0.0, 0
-    for idx in length_buckets(rows.lengths, cfg.batch_size, rng):
+    total, count, steps = 0.0, 0, 0
+    for idx in deal(length_buckets(rows.lengths, cfg.batch_size, rng), dist)[:limit]:
         tokens = _pad([rows.inputs[i] for i in idx], PAD, offset=1).to(device)  # (B, L) token = id + 1
         targets = _pad([rows.targets[i] for i in idx], -1).to(device)  # (B, L)
         with _autocast(device):
-            loss = batch_loss(model, tokens, targets, *span, cfg.logits_budget_mb)
+            loss = batch_loss(model, tokens, targets, *span, cfg.logits_budget_mb, forward)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         n = int((targets >= 0).sum())
         total += loss.item() * n
         count += n
-    return total / max(count, 1)
+        steps += 1
+    total, count = all_sum([total, count], dist)
+    return total / max(count, 1), steps
+
+
+def _wrap(model: SASRec, device: torch.device, dist: Dist | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward to train through: model itself, or a DDP wrapper that averages gradients.
+
+    The causal-mask buffer is a constant, so DDP need not broadcast buffers every step
+    (newer torch calls the flag forward_sync_buffers, older torch only broadcast_buffers)."""
+    if dist is None:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    params = inspect.signature(DistributedDataParallel).parameters
+    no_sync = {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False}
+    return DistributedDataParallel(model, device_ids=ids, **no_sync)
+
+
+def _steps_left(cap: int | None, taken: int) -> int | None:
+    return None if cap is None else cap - taken
 
 
 # -- evaluation ----------------------------------------------------------------------
@@ -342,20 +406,42 @@ def ranks_in_span(
     return rank_of_dot_targets(hidden, w, torch.as_tensor(targets - start, device=hidden.device), rows, cols)
 
 
-def evaluate_mixed(model: SASRec, valid: EvalSet, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
-    hidden = last_hidden(model, valid.histories, cfg.eval_batch_size, device)  # (N, H)
-    ranks = ranks_in_span(model, hidden, valid.targets, 0, model.cfg.n_items, cfg.logits_budget_mb)
+def _shared_ranks(
+    model: SASRec,
+    histories: Sequence[np.ndarray],
+    targets: np.ndarray,
+    span: tuple[int, int],
+    cfg: TrainConfig,
+    device: torch.device,
+    dist: Dist | None,
+) -> np.ndarray:
+    """Ranks of all points, (N,) float64 in point order, this rank scoring its shard only."""
+    mine = shard(len(targets), dist)
+    hidden = last_hidden(model, [histories[i] for i in mine], cfg.eval_batch_size, device)  # (n, H)
+    ranks = ranks_in_span(model, hidden, targets[mine], *span, cfg.logits_budget_mb)  # (n,)
+    return gather_ranks(ranks, len(targets), dist)
+
+
+def evaluate_mixed(
+    model: SASRec, valid: EvalSet, cfg: TrainConfig, device: torch.device, dist: Dist | None = None
+) -> dict[str, float]:
+    ranks = _shared_ranks(model, valid.histories, valid.targets, (0, model.cfg.n_items), cfg, device, dist)
     return summarize(ranks, cfg.ks)
 
 
 def evaluate_domain(
-    model: SASRec, valid: EvalSet, span: tuple[int, int], cfg: TrainConfig, device: torch.device
+    model: SASRec,
+    valid: EvalSet,
+    span: tuple[int, int],
+    cfg: TrainConfig,
+    device: torch.device,
+    dist: Dist | None = None,
 ) -> dict[str, float]:
     """Points whose target lies in the domain, ranked over the domain's items only."""
     start, end = span
     keep = np.flatnonzero((valid.targets >= start) & (valid.targets < end))
-    hidden = last_hidden(model, [valid.histories[i] for i in keep], cfg.eval_batch_size, device)
-    return summarize(ranks_in_span(model, hidden, valid.targets[keep], start, end, cfg.logits_budget_mb), cfg.ks)
+    histories = [valid.histories[i] for i in keep]
+    return summarize(_shared_ranks(model, histories, valid.targets[keep], span, cfg, device, dist), cfg.ks)
 
 
 # -- the two phases ------------------------------------------------------------------
@@ -382,16 +468,28 @@ class _EarlyStop:
 
 
 def fit_mixed(
-    model: SASRec, rows: Rows, valid: EvalSet, cfg: TrainConfig, device: torch.device, progress: ProgressFn | None
-) -> tuple[int, int, list[dict[str, float]]]:
-    """Train with early stopping, restore the best weights; returns (epochs run, best epoch, history)."""
+    model: SASRec,
+    rows: Rows,
+    valid: EvalSet,
+    cfg: TrainConfig,
+    device: torch.device,
+    progress: ProgressFn | None,
+    dist: Dist | None = None,
+) -> tuple[int, int, list[dict[str, float]], int]:
+    """Train with early stopping, restore the best weights; returns (epochs run, best epoch,
+    history, optimiser steps). Reaching cfg.max_steps ends training after that epoch's validation."""
+    forward = _wrap(model, device, dist)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     rng = np.random.default_rng([cfg.seed, 0])
-    stop, history, epoch = _EarlyStop(cfg.patience), [], 0
+    stop, history, epoch, steps = _EarlyStop(cfg.patience), [], 0, 0
+    span = (0, model.cfg.n_items)
     for epoch in range(1, cfg.epochs + 1):
-        loss = train_epoch(model, opt, rows, (0, model.cfg.n_items), cfg, rng, device)
-        score = evaluate_mixed(model, valid, cfg, device)[SELECT_METRIC]
-        done = stop.update(epoch, score, model)
+        left = _steps_left(cfg.max_steps, steps)
+        loss, taken = train_steps(model, opt, rows, span, cfg, rng, device, left, dist, forward)
+        steps += taken
+        # every rank gets the same score (gathered ranks), hence the same decision
+        score = evaluate_mixed(model, valid, cfg, device, dist)[SELECT_METRIC]
+        done = stop.update(epoch, score, model) or _steps_left(cfg.max_steps, steps) == 0
         history.append({"epoch": epoch, "loss": round(loss, 5), SELECT_METRIC: round(score, 5)})
         if progress:
             info = {"loss": loss, SELECT_METRIC: score, "best": stop.best, "best_epoch": stop.best_epoch}
@@ -400,7 +498,7 @@ def fit_mixed(
             break
     assert stop.best_state is not None
     model.load_state_dict(stop.best_state)
-    return epoch, stop.best_epoch, history
+    return epoch, stop.best_epoch, history, steps
 
 
 def adapt_expert(
@@ -413,24 +511,50 @@ def adapt_expert(
     device: torch.device,
     progress: ProgressFn | None,
     on_epoch: Callable[[int, float, SASRec], None] | None = None,
+    dist: Dist | None = None,
 ) -> SASRec:
     """Copy the mixed model and train it adapt_epochs on one domain's loss (no early stopping).
 
     on_epoch(epoch, loss, expert) sees the expert after every epoch, e.g. to score it on
     validation (docs/results/ml100k/tools/adaptation_curve.py); scoring under
     inference_mode draws no random numbers, so it leaves the trajectory unchanged."""
+    return _adapt(mixed, rows, span, phase, seed, cfg, device, progress, on_epoch, dist)[0]
+
+
+def _adapt(
+    mixed: SASRec,
+    rows: Rows,
+    span: tuple[int, int],
+    phase: str,
+    seed: tuple[int, int],
+    cfg: TrainConfig,
+    device: torch.device,
+    progress: ProgressFn | None,
+    on_epoch: Callable[[int, float, SASRec], None] | None,
+    dist: Dist | None,
+) -> tuple[SASRec, int]:
+    """adapt_expert, also returning the optimiser steps taken (at most cfg.max_steps)."""
     expert = copy.deepcopy(mixed)
     # dropout masks depend on (seed, domain) only, not on the order experts are trained in
-    torch.manual_seed(int(np.random.SeedSequence(list(seed)).generate_state(1)[0]))
+    torch.manual_seed(rank_seed(seed, dist))
+    forward = _wrap(expert, device, dist) if rows.inputs else expert
     opt = torch.optim.Adam(expert.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(list(seed))
+    steps = 0
     for epoch in range(1, cfg.adapt_epochs + 1):
-        loss = train_epoch(expert, opt, rows, span, cfg, rng, device) if rows.inputs else float("nan")
+        loss = float("nan")
+        if rows.inputs:
+            left = _steps_left(cfg.max_steps, steps)
+            loss, taken = train_steps(expert, opt, rows, span, cfg, rng, device, left, dist, forward)
+            steps += taken
+        done = _steps_left(cfg.max_steps, steps) == 0
         if progress:
-            progress(phase, epoch, cfg.adapt_epochs, {"loss": loss})
+            progress(phase, epoch, epoch if done else cfg.adapt_epochs, {"loss": loss})
         if on_epoch:
             on_epoch(epoch, loss, expert)
-    return expert.eval()
+        if done:
+            break
+    return expert.eval(), steps
 
 
 def pretrain(
@@ -439,34 +563,45 @@ def pretrain(
     *,
     model_config: SASRecConfig | None = None,
     progress: ProgressFn | None = None,
+    dist: Dist | None = None,
 ) -> PretrainResult:
-    """Stage I: the mixed model, then one expert per domain, with validation metrics."""
+    """Stage I: the mixed model, then one expert per domain, with validation metrics.
+
+    With dist, this process is one rank of an initialised process group and every rank
+    must call pretrain with the same dataset and configs; every rank returns the same
+    models and metrics."""
     cfg = config or TrainConfig()
     cat = dataset.catalogue
     mcfg = model_config or SASRecConfig(n_items=cat.n_items)
     if mcfg.n_items != cat.n_items:
         raise ValueError(f"model_config.n_items={mcfg.n_items} but the catalogue has {cat.n_items} items")
-    device, timings = resolve_device(cfg.device), {}
+    device, timings = resolve_device(cfg.device, dist), {}
+    check_same_data(dataset.fingerprint, dist)
     with _timed(timings, "prepare"):
         train_seqs = [train_part(np.asarray(s, dtype=np.int64), cfg.holdout) for s in dataset.sequences]
         valid = make_eval_set(dataset.sequences, "valid", cfg.holdout, mcfg.max_len)
         rows = mixed_rows(train_seqs, mcfg.max_len)
     seed_everything(cfg.seed)
     mixed = SASRec(mcfg).to(device)
+    if dist is not None and dist.rank > 0:
+        torch.manual_seed(rank_seed((cfg.seed, 0), dist))
     with _timed(timings, "mixed"):
-        epochs_run, best_epoch, history = fit_mixed(mixed, rows, valid, cfg, device, progress)
-    experts = {}
+        epochs_run, best_epoch, history, steps = fit_mixed(mixed, rows, valid, cfg, device, progress, dist)
+    experts, phase_steps = {}, {"mixed": steps}
     for k, name in enumerate(cat.domains):
-        with _timed(timings, f"expert:{name}"):
+        phase = f"expert:{name}"
+        with _timed(timings, phase):
             span = cat.domain_range(k)
             d_rows = expert_rows(train_seqs, mcfg.max_len, *span)
-            experts[name] = adapt_expert(
-                mixed, d_rows, span, f"expert:{name}", (cfg.seed, k + 1), cfg, device, progress
+            experts[name], phase_steps[phase] = _adapt(
+                mixed, d_rows, span, phase, (cfg.seed, k + 1), cfg, device, progress, None, dist
             )
     with _timed(timings, "evaluate"):
-        metrics = validation_metrics(mixed, experts, valid, cat, cfg, device)
+        metrics = validation_metrics(mixed, experts, valid, cat, cfg, device, dist)
     timings["total"] = sum(timings.values())
-    return PretrainResult(mixed.eval(), experts, metrics, mcfg, cfg, epochs_run, best_epoch, timings, history)
+    return PretrainResult(
+        mixed.eval(), experts, metrics, mcfg, cfg, epochs_run, best_epoch, timings, history, phase_steps, dist
+    )
 
 
 @contextmanager
@@ -477,7 +612,13 @@ def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
 
 
 def validation_metrics(
-    mixed: SASRec, experts: dict[str, SASRec], valid: EvalSet, catalogue: Any, cfg: TrainConfig, device: torch.device
+    mixed: SASRec,
+    experts: dict[str, SASRec],
+    valid: EvalSet,
+    catalogue: Any,
+    cfg: TrainConfig,
+    device: torch.device,
+    dist: Dist | None = None,
 ) -> dict[str, Any]:
     """Mixed on all valid points; per domain, the mixed model and the expert on the same
     points (target in d, ranked over d's items), so the effect of adaptation is visible."""
@@ -485,7 +626,7 @@ def validation_metrics(
     for k, name in enumerate(catalogue.domains):
         span = catalogue.domain_range(k)
         domains[name] = {
-            "mixed": evaluate_domain(mixed, valid, span, cfg, device),
-            "expert": evaluate_domain(experts[name], valid, span, cfg, device),
+            "mixed": evaluate_domain(mixed, valid, span, cfg, device, dist),
+            "expert": evaluate_domain(experts[name], valid, span, cfg, device, dist),
         }
-    return {"split": "valid", "mixed": evaluate_mixed(mixed, valid, cfg, device), "domains": domains}
+    return {"split": "valid", "mixed": evaluate_mixed(mixed, valid, cfg, device, dist), "domains": domains}

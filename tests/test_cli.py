@@ -136,6 +136,12 @@ REGENERATE = ["regenerate", "--bundle", "b", "--target", "z", "--out", "o"]
         (["pretrain", "--data", "d", "--out", "b", "--epochs", "0"], "--epochs"),
         (["pretrain", "--data", "d", "--out", "b", "--patience", "0"], "--patience"),
         (["pretrain", "--data", "d", "--out", "b", "--adapt-epochs", "-1"], "--adapt-epochs"),
+        (["pretrain", "--data", "d", "--out", "b", "--max-steps", "0"], "--max-steps"),
+        (["pipeline", "--data", "d", "--out", "r", "--max-steps", "-2"], "--max-steps"),
+        (["pretrain", "--data", "d", "--out", "b", "--logits-budget-mb", "0"], "--logits-budget-mb"),
+        (["pretrain", "--data", "d", "--out", "b", "--logits-budget-mb", "nan"], "--logits-budget-mb"),
+        (["pretrain", "--data", "d", "--out", "b", "--logits-budget-mb", "inf"], "--logits-budget-mb"),
+        (["pretrain", "--data", "d", "--out", "b", "--logits-budget-mb", "1e-9"], "--logits-budget-mb"),
         (["pipeline", "--data", "d", "--out", "r", "--holdout", "0"], "--holdout"),
         (["pipeline", "--data", "d", "--out", "r", "--no-evaluate", "--epochs", "0"], "--epochs"),
         (["pipeline", "--data", "d", "--out", "r", "--adapt-epochs", "-1"], "--adapt-epochs"),
@@ -400,3 +406,18 @@ def test_drop_repeats_leaves_no_replacement_that_repeats_an_item_of_its_row(
             if d["action"] == "replace" or d.get("reason") == "repeat":
                 assert replaced.get(d["position"], d["replacement"]) == d["replacement"]
     assert repeats > 0
+
+
+def test_pretrain_max_steps_and_logits_budget_reach_the_bundle(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, _ = trained
+    code, output = invoke(
+        "pretrain", "--data", data, "--out", tmp_path / "b", "--epochs", 3, "--adapt-epochs", 2, "--max-steps", 1,
+        "--logits-budget-mb", 0.01, "--hidden", 16, "--layers", 1, "--heads", 1, "--inner", 16, "--max-len", 16,
+        "--batch-size", 16,
+    )  # fmt: skip
+    assert code == 0, output
+    training = read_manifest(tmp_path / "b")["training"]
+    assert (training["max_steps"], training["logits_budget_mb"]) == (1, 0.01)
+    assert training["steps"] == {"mixed": 1, **{f"expert:{d}": 1 for d in DOMAINS}}
+    assert training["epochs_run"] == len(training["history"]) == 1  # stopped inside the first epoch, validated
+    assert not {"world_size", "backend"} & training.keys()

@@ -230,12 +230,15 @@ def test_the_budget_round_trips_through_a_bundle_manifest(tmp_path: Path) -> Non
 def test_downstream_fingerprints_ignore_the_budget_where_it_cannot_change_a_number() -> None:
     """Run logs fingerprinted before the budget existed must still match: a training whose
     batches and rankings all fit the budget leaves it out; one that can be tiled keeps it."""
-    cfg = DownstreamConfig()  # batch 128 x 128 positions: 4096 items need 1 GiB at 16 B per logit
+    cfg = DownstreamConfig()  # batch 128 x 128 positions at 16 B per logit
+    fits = int(DEFAULT_LOGITS_BUDGET_MB * 2**20) // (128 * 128 * 16)  # items whose batch logits fit
+    assert fits >= 1682  # every ml100k training keeps the plain path
     before = {k: v for k, v in cfg.to_dict().items() if k != "logits_budget_mb"}
     assert cfg.to_dict()["logits_budget_mb"] == DEFAULT_LOGITS_BUDGET_MB
-    assert cfg.fingerprint_dict(4096, eval_scores=1000 * 1682) == before
-    assert cfg.fingerprint_dict(4097, 1000 * 1682)["logits_budget_mb"] == DEFAULT_LOGITS_BUDGET_MB
-    assert "logits_budget_mb" in cfg.fingerprint_dict(1682, eval_scores=2**30 // 5 + 1)  # ranked in tiles
+    assert cfg.fingerprint_dict(fits, eval_scores=1000 * 1682) == before
+    assert cfg.fingerprint_dict(fits + 1, 1000 * 1682)["logits_budget_mb"] == DEFAULT_LOGITS_BUDGET_MB
+    tiled_eval = int(DEFAULT_LOGITS_BUDGET_MB * 2**20) // 5 + 1
+    assert "logits_budget_mb" in cfg.fingerprint_dict(1682, eval_scores=tiled_eval)  # ranked in tiles
     small = DownstreamConfig(logits_budget_mb=1.0)
     assert small.fingerprint_dict(1682, 100) != cfg.fingerprint_dict(1682, 100)
     assert DownstreamConfig(logits_budget_mb=4096.0).fingerprint_dict(1682, 100) == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from models import pretrain as pt
 from models.catalogue import Catalogue
@@ -128,7 +129,7 @@ def test_early_stopping_restores_the_best_epoch(monkeypatch: pytest.MonkeyPatch)
     model = SASRec(mcfg)
     rows = mixed_rows([train_part(s) for s in ds.sequences], mcfg.max_len)
     calls: list[tuple] = []
-    epochs_run, best_epoch, history = fit_mixed(
+    epochs_run, best_epoch, history, _ = fit_mixed(
         model, rows, None, _fast(epochs=10), torch.device("cpu"), lambda *a: calls.append(a)
     )
     assert (epochs_run, best_epoch) == (4, 2)
@@ -214,3 +215,43 @@ def test_train_config_rejects_bad_values() -> None:
     for lr in (0.0, -1e-3, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="lr"):
             TrainConfig(lr=lr)
+
+
+def test_max_steps_caps_each_phase_across_epochs_and_still_validates_in_full() -> None:
+    ds = _tiny_dataset()
+    mcfg = SASRecConfig(n_items=ds.catalogue.n_items, **TINY_MODEL)
+    train = [train_part(s, 1) for s in ds.sequences]
+    per_epoch = -(-len(mixed_rows(train, mcfg.max_len).inputs) // 8)  # batches of 8 rows
+    cap = per_epoch + 1  # one step into the second epoch
+    taken: list[int] = []
+    hook = register_optimizer_step_post_hook(lambda *_: taken.append(1))
+    try:
+        result = pretrain(ds, _fast(epochs=10, patience=10, adapt_epochs=5, max_steps=cap), model_config=mcfg)
+    finally:
+        hook.remove()
+    assert result.epochs_run == len(result.history) == 2  # the cut epoch still counts and is validated
+    expert_steps = {
+        f"expert:{d}": min(
+            cap, 5 * -(-len(expert_rows(train, mcfg.max_len, *ds.catalogue.domain_range(k)).inputs) // 8)
+        )
+        for k, d in enumerate(DOMAINS)
+    }
+    assert result.steps == {"mixed": cap, **expert_steps}
+    assert len(taken) == sum(result.steps.values())  # counted by the optimisers themselves
+    assert result.training["steps"] == result.steps and result.training["max_steps"] == cap
+    assert result.metrics["mixed"]["n"] == len(ds.sequences)
+
+
+def test_a_plain_run_records_no_step_count_and_no_launch() -> None:
+    ds = _tiny_dataset()
+    result = pretrain(ds, _fast(adapt_epochs=1), model_config=SASRecConfig(n_items=ds.catalogue.n_items, **TINY_MODEL))
+    assert result.training["max_steps"] is None
+    assert not {"steps", "world_size", "backend"} & result.training.keys()
+    assert TrainConfig.from_dict(result.training) == result.config
+
+
+def test_max_steps_must_be_a_positive_integer() -> None:
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="max_steps"):
+            TrainConfig(max_steps=bad)  # type: ignore[arg-type]
+    assert TrainConfig(max_steps=1).max_steps == 1
