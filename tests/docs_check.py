@@ -9,7 +9,7 @@ Two uses:
 - `python3 -m tests.docs_check run` runs, in a fresh clone, every ```bash and
   ```python block of README.md, then of docs/*.md, in order, exactly as written:
   README's first block is `make demo` + `make test`, so this is the whole newcomer
-  path (about 25 minutes on 2 cores). Each file runs in one bash session with the
+  path (about 7 minutes on 2 idle cores). Each file runs in one bash session with the
   project's venv active (the docs' stated premise), so exports carry over between
   its blocks, and whatever a file started in the background is stopped when it ends.
   Python blocks run with the venv's python in that session.
