@@ -30,11 +30,12 @@ RETRY_STATUSES = frozenset({429, 503})
 MAX_RETRY_AFTER_S = 120.0
 UPLOAD_CHUNK_BYTES = 256 * 1024
 NDJSON = "application/x-ndjson"
+JSON_JOB_BYTES = 1 << 20  # a list of sequences above this goes as NDJSON (the server caps JSON bodies)
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 SequenceLike = SequenceIn | Mapping[str, Any] | Sequence[str | int]
 UnknownItems = Literal["error", "drop"]
-# a list goes as one JSON body; an iterable or a .jsonl / .jsonl.gz path is streamed
+# a small list goes as one JSON body; a larger one, an iterable or a .jsonl / .jsonl.gz path is streamed
 JobSource = list[SequenceLike] | tuple[SequenceLike, ...] | Iterable[SequenceLike] | str | os.PathLike[str]
 AsyncJobSource = JobSource | AsyncIterable[SequenceLike]
 
@@ -192,7 +193,7 @@ class Upload:
 
     @property
     def replayable(self) -> bool:
-        return self.json_body is not None or isinstance(self.source, Path) or not self.started
+        return self.json_body is not None or isinstance(self.source, Path | list | tuple) or not self.started
 
     def chunks(self) -> Iterator[bytes]:
         self.started = True
@@ -225,13 +226,15 @@ def job_upload(
 ) -> tuple[Upload, dict[str, str]]:
     """The body and query parameters of POST /jobs.
 
-    A list (or tuple) is small enough to send as one JSON body, like /regenerate; a path
-    or any other iterable is streamed as gzip NDJSON, one sequence per line, with the
-    job's settings in the query string because the body holds only sequences.
+    A list (or tuple) whose JSON body is at most `JSON_JOB_BYTES` goes as one JSON body,
+    like /regenerate; a larger list, a path or any other iterable is streamed as gzip
+    NDJSON, one sequence per line, with the job's settings in the query string because
+    the body holds only sequences (the server caps JSON job bodies; NDJSON is streamed).
     """
     if isinstance(sequences, list | tuple):
         body = request_body(target_domain, sequences, model, options)
-        return Upload(headers={"Content-Type": "application/json"}, json_body=body), {}
+        if len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()) <= JSON_JOB_BYTES:
+            return Upload(headers={"Content-Type": "application/json"}, json_body=body), {}
     headers = {"Content-Type": NDJSON, "Content-Encoding": "gzip"}
     params = ndjson_params(target_domain, model, options)
     if isinstance(sequences, str | os.PathLike):

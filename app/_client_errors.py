@@ -107,6 +107,13 @@ class MethodNotAllowedError(TaesarAPIError):
     code = "method_not_allowed"
 
 
+class RequestTimeoutError(TaesarAPIError):
+    """The server stopped waiting for the request body (it arrived too slowly)."""
+
+    status_code = 408
+    code = "body_timeout"
+
+
 class ConflictError(TaesarAPIError):
     status_code = 409
     code = "conflict"
@@ -177,8 +184,18 @@ class BadDataError(ValidationError):
     code = "bad_data"
 
 
+class IdempotencyMismatchError(ValidationError):
+    """The Idempotency-Key was used before for a different request."""
+
+    code = "idempotency_mismatch"
+
+
 class QueueFullError(RateLimitedError):
     code = "queue_full"
+
+
+class TooManyUploadsError(RateLimitedError):
+    code = "too_many_uploads"
 
 
 class ModelNotReadyError(ServiceUnavailableError):
@@ -194,6 +211,7 @@ _HTTP_FAMILIES: tuple[type[TaesarAPIError], ...] = (
     UnauthorizedError,
     NotFoundError,
     MethodNotAllowedError,
+    RequestTimeoutError,
     ConflictError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
@@ -211,7 +229,9 @@ _SPECIFIC: tuple[type[TaesarAPIError], ...] = (
     UnknownItemError,
     UnknownDomainError,
     BadDataError,
+    IdempotencyMismatchError,
     QueueFullError,
+    TooManyUploadsError,
     ModelNotReadyError,
     RedisUnavailableError,
 )

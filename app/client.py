@@ -48,6 +48,7 @@ from app._client_errors import (
     BadRequestError,
     BadUploadError,
     ConflictError,
+    IdempotencyMismatchError,
     InternalError,
     JobCancelledError,
     JobFailedError,
@@ -61,8 +62,10 @@ from app._client_errors import (
     QueueFullError,
     RateLimitedError,
     RedisUnavailableError,
+    RequestTimeoutError,
     ServiceUnavailableError,
     TaesarAPIError,
+    TooManyUploadsError,
     UnauthorizedError,
     UnknownDomainError,
     UnknownItemError,
@@ -94,6 +97,7 @@ __all__ = [
     "BadRequestError",
     "BadUploadError",
     "ConflictError",
+    "IdempotencyMismatchError",
     "InternalError",
     "JobCancelledError",
     "JobFailedError",
@@ -112,10 +116,12 @@ __all__ = [
     "RedisUnavailableError",
     "RegenerateResponse",
     "RegeneratedSequence",
+    "RequestTimeoutError",
     "SequenceIn",
     "ServiceUnavailableError",
     "TaesarAPIError",
     "TaesarClient",
+    "TooManyUploadsError",
     "UnauthorizedError",
     "UnknownDomainError",
     "UnknownItemError",
@@ -216,8 +222,9 @@ class TaesarClient(BaseClient):
     ) -> JobInfo:
         """Queue a bulk job from a list, an iterable of sequences, or a .jsonl/.jsonl.gz path.
 
-        Lists go as one JSON body; iterables and files are streamed as gzip NDJSON and
-        never held in memory. An Idempotency-Key is generated when none is given, so a
+        A list whose JSON is at most 1 MiB goes as one JSON body; larger lists, iterables
+        and files are streamed as gzip NDJSON (iterables and files are never held in
+        memory). An Idempotency-Key is generated when none is given, so a
         retried submission returns the first job instead of creating a second one.
         """
         options = options_dict(explain, explain_top_k, unknown_items, ablations)

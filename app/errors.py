@@ -12,11 +12,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from app.logging import get_logger, log_event
 from models.errors import TaesarError
+
+CLIENT_CLOSED_REQUEST = 499  # logged and counted, never sent: the client is gone
 
 # code -> HTTP status; the SDK mirrors this table with one exception class per code
 STATUS_BY_CODE: dict[str, int] = {
@@ -28,6 +31,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "unknown_model": 404,
     "job_not_found": 404,
     "method_not_allowed": 405,
+    "body_timeout": 408,
     "conflict": 409,
     "job_not_finished": 409,
     "payload_too_large": 413,
@@ -36,8 +40,10 @@ STATUS_BY_CODE: dict[str, int] = {
     "unknown_item": 422,
     "unknown_domain": 422,
     "bad_data": 422,
+    "idempotency_mismatch": 422,
     "rate_limited": 429,
     "queue_full": 429,
+    "too_many_uploads": 429,
     "internal_error": 500,
     "model_not_ready": 503,
     "redis_unavailable": 503,
@@ -78,6 +84,7 @@ _CODE_BY_STATUS = {
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    408: "body_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -217,7 +224,23 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+    """The client closed the connection before its request was read: nobody receives an
+    answer, and it is not the server's fault. Status 499 (nginx's "client closed
+    request") labels it in the request log and metrics."""
+    log_event(
+        _log,
+        "client_abort",
+        level=20,
+        method=request.method,
+        path=request.url.path,
+        request_id=request.scope.get("request_id"),
+    )
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ClientDisconnect, _client_gone)  # type: ignore[arg-type]
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]

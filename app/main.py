@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router, dependencies=auth)
 
     # added innermost first: BodyLimit sits inside CORS, so even a 413 carries CORS headers
-    app.add_middleware(BodyLimit, limit_for=_body_limits(settings))
+    app.add_middleware(BodyLimit, limit_for=_body_limits(settings), timeout_s=settings.body_timeout_s)
     if settings.cors_origins:  # closed by default: no CORS headers at all
         app.add_middleware(
             CORSMiddleware,

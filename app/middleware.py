@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids, one log line and metrics per request, body limits.
+"""Pure ASGI middleware: request ids, one log line and metrics per request, body limits
+in size and time.
 
 Pure ASGI (not BaseHTTPMiddleware) so that streamed responses, such as job results,
 stay streamed, and request bodies are counted chunk by chunk as they arrive.
@@ -12,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+import anyio
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -86,38 +88,67 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body is larger than {limit} bytes")
 
 
+class BodyTimeout(HTTPException):
+    """Raised from `receive` when the client has kept the server waiting for its body too
+    long; answered 408 body_timeout, and the connection is closed."""
+
+    def __init__(self, timeout_s: float, received: int) -> None:
+        super().__init__(
+            408,
+            f"the request body stalled: no complete body after waiting {timeout_s:g} s for the client "
+            f"({received} bytes received)",
+            headers={"Connection": "close"},
+        )
+
+
 class BodyLimit:
-    """Caps request bodies per path, without ever holding more than the cap in memory.
+    """Caps request bodies per path in size and in time, without ever holding more than
+    the cap in memory.
 
     A Content-Length above the cap is refused before the app runs; a body without one
     (chunked) or one that lies is cut off as soon as the bytes received pass the cap.
+    The time is what `receive` spends waiting for the client, summed over the body: a
+    body that trickles in (or never ends) is cut after `timeout_s` of waiting, while the
+    time the app spends working on what it received does not count.
     """
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int | None]) -> None:
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int | None], timeout_s: float = 30.0) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = self.limit_for(scope["path"]) if scope["type"] == "http" else None
-        if limit is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit_for(scope["path"])
         declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if limit is not None and declared is not None and declared.isdigit() and int(declared) > limit:
             await _send_too_large(send, limit, int(declared))
             return
         received = 0
+        waited = 0.0
+        complete = False
 
-        async def receive_capped() -> Message:
-            nonlocal received
-            message = await receive()
+        async def receive_guarded() -> Message:
+            nonlocal received, waited, complete
+            if complete:  # after the body, `receive` only waits for a disconnect: no deadline
+                return await receive()
+            started = time.monotonic()
+            try:
+                with anyio.fail_after(max(0.0, self.timeout_s - waited)):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout(self.timeout_s, received) from None
+            waited += time.monotonic() - started
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
+                if limit is not None and received > limit:
                     raise BodyTooLarge(limit)
+                complete = not message.get("more_body", False)
             return message
 
-        await self.app(scope, receive_capped, send)
+        await self.app(scope, receive_guarded, send)
 
 
 async def _send_too_large(send: Send, limit: int, declared: int) -> None:

@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     max_pending_sequences: int = Field(5_000_000, ge=1)
     max_items_per_sequence: int = Field(10_000, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="for /jobs uploads; /regenerate uses 1/8")
+    max_json_job_bytes: int = Field(
+        1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="a JSON body of POST /jobs at most; larger go as NDJSON"
+    )
+    max_concurrent_uploads: int = Field(4, ge=1, le=1024, description="POST /jobs bodies read at once per process")
+    upload_wait_s: float = Field(10.0, ge=0, le=3600, description="wait for an upload slot before 429")
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="time a request may keep the server waiting for its body, in total"
+    )
     decode_batch_size: int = Field(256, ge=1)
     # threads decoding /regenerate requests at once (per model with micro-batching); more than
     # 1 only pays off with spare CPU cores beyond torch's own intra-op threads (or several GPUs)

@@ -316,6 +316,24 @@ def test_submit_job_with_a_list_sends_one_json_body() -> None:
     assert json.loads(recorder.bodies[0])["sequences"] == [{"items": ["a", "b"]}]
 
 
+def test_submit_job_with_a_list_over_one_mib_streams_gzip_ndjson_and_can_be_retried() -> None:
+    seqs = [{"user_id": f"u{i}", "items": [f"item-{i}-{j}" for j in range(20)]} for i in range(5000)]
+    assert len(json.dumps(seqs)) > 1 << 20
+    recorder = Recorder(
+        httpx.Response(503, json={"error": {"code": "redis_unavailable", "message": "m"}}),
+        httpx.Response(202, json=job_json()),
+    )
+    client, _ = client_for(recorder)
+    client.submit_job("drama", seqs, model="tiny", idempotency_key="k")
+    assert len(recorder.requests) == 2  # the 503 was retried with the same body
+    for request, body in zip(recorder.requests, recorder.bodies, strict=True):
+        assert request.headers["Content-Type"] == "application/x-ndjson"
+        assert request.headers["Content-Encoding"] == "gzip"
+        assert request.url.params["target_domain"] == "drama" and request.url.params["model"] == "tiny"
+        lines = gzip.decompress(body).decode().splitlines()
+        assert [json.loads(x) for x in lines] == seqs
+
+
 # -- streaming uploads --------------------------------------------------------------
 
 

@@ -244,6 +244,106 @@ async def test_concurrent_submissions_with_one_idempotency_key_create_one_job(
     assert len({k.split(":")[2] for k in job_keys(idle_prefix)}) == 1
 
 
+async def test_an_idempotency_key_reused_for_another_request_answers_422(
+    idle_prefix: str, model_dir: Path, catalogue: dict
+) -> None:
+    seqs = make_sequences(catalogue, 30, seed=4)
+    target = catalogue["domains"][0]
+    key = KEY_A | {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    changed = [*seqs[:-1], {**seqs[-1], "items": [*seqs[-1]["items"], catalogue["item_ids"][0]]}]
+
+    def upload(sequences: list[dict[str, Any]], **options: Any) -> dict[str, Any]:
+        params = {"target_domain": target, **({"options": json.dumps(options)} if options else {})}
+        return {"params": params, "content": ndjson(sequences), "headers": NDJSON | key}
+
+    async with api_client(job_settings(model_dir, idle_prefix)) as client:
+        first = await client.post("/jobs", **upload(seqs))
+        assert first.status_code == 202, first.text
+        job_id = first.json()["id"]
+        # the same request however it is written: gzip (another mtime), a JSON body, spaces
+        same = [
+            await client.post(
+                "/jobs",
+                params={"target_domain": target},
+                content=gzip.compress(ndjson(seqs), mtime=12345),
+                headers=NDJSON | key | {"Content-Encoding": "gzip"},
+            ),
+            await client.post("/jobs", json={"target_domain": target, "sequences": seqs}, headers=key),
+            await client.post(
+                "/jobs",
+                params={"target_domain": target},
+                content=b"\n".join(json.dumps(x, indent=1).replace("\n", "").encode() for x in seqs) + b"\n\n",
+                headers=NDJSON | key,
+            ),
+        ]
+        for r in same:
+            assert r.status_code == 200, r.text
+            assert r.json()["id"] == job_id and r.headers["idempotent-replayed"] == "true"
+        # another request under the same key: sequences, options or target differ
+        other = [
+            await client.post("/jobs", **upload(changed)),
+            await client.post("/jobs", **upload(seqs[:-1])),
+            await client.post("/jobs", **upload(seqs, unknown_items="drop")),
+            await client.post("/jobs", json={"target_domain": catalogue["domains"][1], "sequences": seqs}, headers=key),
+        ]
+        for r in other:
+            assert r.status_code == 422, r.text
+            error = r.json()["error"]
+            assert error["code"] == "idempotency_mismatch" and error["details"] == {"job_id": job_id}
+            assert "use a new key" in error["message"]
+        # an empty key is not a key
+        for empty in ("", "   "):
+            r = await client.post("/jobs", **{**upload(seqs), "headers": NDJSON | KEY_A | {"Idempotency-Key": empty}})
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["code"] == "bad_request" and "Idempotency-Key" in r.json()["error"]["message"]
+    assert len({k.split(":")[2] for k in job_keys(idle_prefix)}) == 1
+
+
+async def test_a_byte_order_mark_before_the_first_line_is_accepted(
+    idle_prefix: str, model_dir: Path, catalogue: dict
+) -> None:
+    body = b"\xef\xbb\xbf" + ndjson(make_sequences(catalogue, 12, seed=5))
+    params = {"target_domain": catalogue["domains"][0]}
+    async with api_client(job_settings(model_dir, idle_prefix)) as client:
+        plain = await client.post("/jobs", params=params, content=body, headers=NDJSON | KEY_A)
+        zipped = await client.post(
+            "/jobs", params=params, content=gzip.compress(body), headers=NDJSON | KEY_A | {"Content-Encoding": "gzip"}
+        )
+    for r in (plain, zipped):
+        assert r.status_code == 202, r.text
+        assert r.json()["progress"]["total"] == 12
+
+
+async def test_a_json_job_body_above_its_cap_points_to_ndjson(
+    idle_prefix: str, model_dir: Path, catalogue: dict
+) -> None:
+    body = {"target_domain": catalogue["domains"][0], "sequences": make_sequences(catalogue, 400, seed=6)}
+    encoded = json.dumps(body).encode()
+    settings = job_settings(model_dir, idle_prefix, max_json_job_bytes=len(encoded) - 1)
+    async with api_client(settings) as client:
+        announced = await client.post("/jobs", content=encoded, headers=KEY_A | {"Content-Type": "application/json"})
+
+        async def stream() -> Any:
+            for start in range(0, len(encoded), 1000):
+                yield encoded[start : start + 1000]
+
+        streamed = await client.post("/jobs", content=stream(), headers=KEY_A | {"Content-Type": "application/json"})
+        as_ndjson = await client.post(
+            "/jobs",
+            params={"target_domain": body["target_domain"]},
+            content=ndjson(body["sequences"]),
+            headers=NDJSON | KEY_A,
+        )
+    for r in (announced, streamed):
+        assert r.status_code == 413, r.text
+        error = r.json()["error"]
+        assert error["code"] == "payload_too_large" and "NDJSON" in error["message"]
+        assert error["details"]["max_bytes"] == len(encoded) - 1
+    assert announced.json()["error"]["details"]["content_length"] == len(encoded)
+    assert as_ndjson.status_code == 202 and as_ndjson.json()["progress"]["total"] == 400
+    assert len({k.split(":")[2] for k in job_keys(idle_prefix)}) == 1
+
+
 async def test_another_callers_job_is_not_found(worker: Worker, model_dir: Path, catalogue: dict) -> None:
     body = {"target_domain": catalogue["domains"][0], "sequences": make_sequences(catalogue, 3)}
     async with api_client(job_settings(model_dir, worker.prefix)) as client:

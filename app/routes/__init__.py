@@ -49,12 +49,26 @@ _EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
     "internal_error": ("internal server error; it has been logged", {"request_id": "3f2c9a8e0b1d4c55"}),
     "model_not_ready": ("no model is loaded", {"failures": []}),
     "redis_unavailable": ("Redis at the configured URL does not answer", {"redis": False}),
+    "body_timeout": (
+        "the request body stalled: no complete body after waiting 30 s for the client",
+        {"timeout_s": 30.0, "received_bytes": 65536},
+    ),
+    "idempotency_mismatch": (
+        "this Idempotency-Key was used for job kq3V4o1cB0r8x2m5Zp7yXw with another request (model, target, "
+        "options or sequences differ); use a new key for a new job",
+        {"job_id": "kq3V4o1cB0r8x2m5Zp7yXw"},
+    ),
+    "too_many_uploads": (
+        "4 uploads are being read already; retry shortly",
+        {"max_concurrent_uploads": 4},
+    ),
 }
 
 _DESCRIPTIONS = {
     400: "Malformed request",
     401: "Missing or invalid API key",
     404: "Not found",
+    408: "The request body stalled past the body timeout",
     413: "Request too large",
     415: "Body is not JSON",
     422: "Request is well-formed but invalid",

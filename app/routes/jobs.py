@@ -1,12 +1,14 @@
 """/jobs: bulk regeneration through Redis and the Celery workers.
 
-POST /jobs accepts the /regenerate JSON body, or an NDJSON upload (one
-{"user_id"?, "items"} per line, optionally gzip) with model, target_domain and
-options in the query string. The upload is validated line by line and streamed into
-Redis one chunk at a time (`app.jobstore.JobWriter`), then one Celery task per chunk
-is sent by name. Results are served only once the job succeeded (409 before): a
-partial, ordered download would need the client to track which chunks it already
-has, while waiting costs it nothing (the SDK's `wait_for_job`).
+POST /jobs accepts the /regenerate JSON body (up to `TAESAR_MAX_JSON_JOB_BYTES`), or
+an NDJSON upload (one {"user_id"?, "items"} per line, optionally gzip) with model,
+target_domain and options in the query string; `app.uploads` reads both without
+blocking the event loop. At most `TAESAR_MAX_CONCURRENT_UPLOADS` bodies are read at
+once. The upload is validated line by line and streamed into Redis one chunk at a time
+(`app.jobstore.JobWriter`), then one Celery task per chunk is sent by name. Results
+are served only once the job succeeded (409 before): a partial, ordered download would
+need the client to track which chunks it already has, while waiting costs it nothing
+(the SDK's `wait_for_job`).
 
 The API never imports workers.tasks or torch for this: it sends with a producer-only
 Celery app from `workers.celery_app`, which imports neither.
@@ -18,9 +20,9 @@ import hmac
 import re
 import secrets
 import time
-import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
@@ -46,27 +48,29 @@ from app.schemas import (
     JobStatus,
     Progress,
     RegenerateOptions,
-    RegenerateRequest,
     SequenceIn,
     Stats,
 )
 from app.settings import Settings
+from app.uploads import (
+    MAX_INFLATION,
+    NDJSON,
+    RequestDigest,
+    Where,
+    body_kind,
+    listed,
+    ndjson_sequences,
+    read_json_job,
+)
 from workers.celery_app import TASK_PROCESS_CHUNK, create_celery
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = get_logger("jobs")
 
-NDJSON = "application/x-ndjson"
-GZIP_TYPES = frozenset({"application/gzip", "application/x-gzip"})
-JSON_TYPES = frozenset({"application/json"})
 RETRY_AFTER_REDIS_S = 5
 RETRY_AFTER_QUEUE_FULL_S = 30
-MAX_LINE_BYTES = 8 << 20  # one sequence line; a body without newlines must not grow a buffer forever
-INFLATE_STEP = 1 << 20  # decompress at most this much per step, so a gzip bomb is noticed early
-MAX_INFLATION = 16  # decompressed bytes allowed per received byte of settings.max_body_bytes
+RETRY_AFTER_UPLOADS_S = 5
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the alphabet of secrets.token_urlsafe
-# where a sequence came from, for error messages: ("line", n) in NDJSON (from 1), ("sequence", k) in JSON (from 0)
-Where = tuple[str, int]
 
 # -- dependencies -----------------------------------------------------------------------
 
@@ -200,17 +204,21 @@ _UPLOAD_OPENAPI: dict[str, Any] = {
         },
         202: {"content": {"application/json": {"example": _EXAMPLE_JOB}}},
         **error_responses(
+            "bad_request",
             "bad_json",
             "bad_upload",
             "unauthorized",
             "unknown_model",
+            "body_timeout",
             "conflict",
             "payload_too_large",
             "unsupported_media_type",
             "validation_error",
             "unknown_item",
             "unknown_domain",
+            "idempotency_mismatch",
             "queue_full",
+            "too_many_uploads",
             "model_not_ready",
             "redis_unavailable",
         ),
@@ -224,41 +232,98 @@ async def create_job(
     store: StoreDep,
     producer: ProducerDep,
     idempotency_key: Annotated[
-        str | None, Header(max_length=255, description="same key, same caller: the same job, never a second one")
+        str | None,
+        Header(
+            max_length=255,
+            description="same key, same caller, same request: the same job, never a second one; "
+            "the same key with another request: 422 idempotency_mismatch",
+        ),
     ] = None,
     model: Annotated[str | None, Query(max_length=256, description="NDJSON only: bundle name")] = None,
     target_domain: Annotated[str | None, Query(max_length=256, description="NDJSON only: target domain")] = None,
     options: Annotated[str | None, Query(max_length=4096, description="NDJSON only: RegenerateOptions as JSON")] = None,
 ) -> Response:
-    kind = _body_kind(request)
-    if kind == "json":
-        req = _parse_json_body(await request.body())
-        spec, engine = _job_spec(engines, caller, req.model, req.target_domain, req.options)
-        _check_job_size(len(req.sequences), settings)
-        sequences: AsyncIterator[tuple[Where, SequenceIn]] = _aiter_list(req.sequences)
-    else:
-        spec, engine = _job_spec(engines, caller, model, _required_target(target_domain), _query_options(options))
-        sequences = ndjson_sequences(request, settings, gzip=kind == "gzip")
-    job_id = secrets.token_urlsafe(16)  # 128 random bits: unguessable, and the only handle on a job
-    async with redis_errors():
-        if idempotency_key is not None:
-            expires_at = int(time.time()) + settings.job_ttl_s
-            existing = await store.claim_idempotency(caller, idempotency_key, job_id, expires_at)
-            if existing is not None:
-                return await _replay(store, existing, request)
-        try:
-            job = await _submit(store, producer, settings, job_id, spec, engine, sequences)
-        except BaseException:
+    if idempotency_key is not None and not idempotency_key.strip():
+        raise ApiError("bad_request", "the Idempotency-Key header is empty: send a non-empty key, or no header", {})
+    kind = body_kind(request)
+    async with upload_slot(request, settings):
+        if kind == "json":
+            req = await read_json_job(request, settings.max_json_job_bytes)
+            spec, engine = _job_spec(engines, caller, req.model, req.target_domain, req.options)
+            _check_job_size(len(req.sequences), settings)
+            sequences: AsyncIterator[tuple[Where, SequenceIn]] = listed(req.sequences)
+        else:
+            spec, engine = _job_spec(engines, caller, model, _required_target(target_domain), _query_options(options))
+            sequences = ndjson_sequences(request, settings.max_body_bytes * MAX_INFLATION, gzip=kind == "gzip")
+        job_id = secrets.token_urlsafe(16)  # 128 random bits: unguessable, and the only handle on a job
+        async with redis_errors():
             if idempotency_key is not None:
-                with anyio.CancelScope(shield=True):
-                    await _quietly(store.release_idempotency(caller, idempotency_key, job_id))
-            raise
+                expires_at = int(time.time()) + settings.job_ttl_s
+                existing = await store.claim_idempotency(caller, idempotency_key, job_id, expires_at)
+                if existing is not None:
+                    return await _replay(store, existing, request, _Staging(spec, engine, settings), sequences)
+            try:
+                job = await _submit(store, producer, job_id, _Staging(spec, engine, settings), sequences)
+            except BaseException:
+                if idempotency_key is not None:
+                    with anyio.CancelScope(shield=True):
+                        await _quietly(store.release_idempotency(caller, idempotency_key, job_id))
+                raise
     metrics.count_job("submitted")
     log_event(log, "job_submitted", job_id=job_id, caller=caller, sequences=job.total, chunks=job.n_chunks)
     return _job_response(job, request, 202)
 
 
-async def _replay(store: JobStore, job_id: str, request: Request) -> Response:
+@asynccontextmanager
+async def upload_slot(request: Request, settings: Settings) -> AsyncIterator[None]:
+    """At most `max_concurrent_uploads` bodies are read at once; a request waits up to
+    `upload_wait_s` for a slot (its body stays unread on the wire meanwhile), then 429."""
+    slots = getattr(request.app.state, "upload_slots", None)
+    if slots is None:
+        slots = request.app.state.upload_slots = anyio.Semaphore(settings.max_concurrent_uploads)
+    try:
+        with anyio.fail_after(settings.upload_wait_s):
+            await slots.acquire()
+    except TimeoutError:
+        raise ApiError(
+            "too_many_uploads",
+            f"{settings.max_concurrent_uploads} uploads are being read already; retry shortly",
+            {"max_concurrent_uploads": settings.max_concurrent_uploads},
+            headers={"Retry-After": str(RETRY_AFTER_UPLOADS_S)},
+        ) from None
+    try:
+        yield
+    finally:
+        slots.release()
+
+
+@dataclass
+class _Staging:
+    """What every sequence of one submission is checked against."""
+
+    spec: JobSpec
+    engine: Engine
+    settings: Settings
+
+
+class _DigestOnly:
+    """Where a replayed request's sequences go: counted and fingerprinted, stored nowhere."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def add(self, user_id: str | None, items: list[str]) -> None:
+        self.count += 1
+
+
+async def _replay(
+    store: JobStore,
+    job_id: str,
+    request: Request,
+    staging: _Staging,
+    sequences: AsyncIterator[tuple[Where, SequenceIn]],
+) -> Response:
+    """The job an Idempotency-Key names, if this request asks for the same thing."""
     job = await store.get(job_id)
     if job is None:
         # the first request with this key is still uploading (or just failed)
@@ -267,6 +332,15 @@ async def _replay(store: JobStore, job_id: str, request: Request) -> Response:
             "a request with this Idempotency-Key is still in progress; retry when it has finished",
             headers={"Retry-After": "1"},
         )
+    if job.request_digest:
+        digest = await _stage(_DigestOnly(), sequences, staging)
+        if digest != job.request_digest:
+            raise ApiError(
+                "idempotency_mismatch",
+                f"this Idempotency-Key was used for job {job_id} with another request (model, target, options "
+                "or sequences differ); use a new key for a new job",
+                {"job_id": job_id},
+            )
     metrics.count_job("deduplicated")
     return _job_response(job, request, 200, **{"Idempotent-Replayed": "true"})
 
@@ -274,22 +348,21 @@ async def _replay(store: JobStore, job_id: str, request: Request) -> Response:
 async def _submit(
     store: JobStore,
     producer: Celery,
-    settings: Settings,
     job_id: str,
-    spec: JobSpec,
-    engine: Engine,
+    staging: _Staging,
     sequences: AsyncIterator[tuple[Where, SequenceIn]],
 ) -> JobRecord:
     """Stage every chunk, commit under the queue bound, then enqueue; on any failure
-    nothing of the job stays in Redis."""
+    (a client that went away included) nothing of the job stays in Redis."""
+    settings = staging.settings
     # refuse early when the queue is already full, before reading a possibly huge body
     pending = await store.pending_sequences()
     if pending >= settings.max_pending_sequences:
         raise _queue_full(pending, settings)
-    writer = await store.open_job(job_id, spec, settings.chunk_size)
+    writer = await store.open_job(job_id, staging.spec, settings.chunk_size)
     try:
-        await _stage(writer, sequences, engine, spec, settings)
-        result = await writer.commit(settings.max_pending_sequences)
+        digest = await _stage(writer, sequences, staging)
+        result = await writer.commit(settings.max_pending_sequences, digest)
         if not result.accepted:
             raise _queue_full(result.pending, settings)
         metrics.set_queue_depth(result.pending)
@@ -305,12 +378,11 @@ async def _submit(
 
 
 async def _stage(
-    writer: JobWriter,
-    sequences: AsyncIterator[tuple[Where, SequenceIn]],
-    engine: Engine,
-    spec: JobSpec,
-    settings: Settings,
-) -> None:
+    sink: JobWriter | _DigestOnly, sequences: AsyncIterator[tuple[Where, SequenceIn]], staging: _Staging
+) -> str:
+    """Check every sequence and add it to `sink`; returns the request's digest."""
+    spec, engine, settings = staging.spec, staging.engine, staging.settings
+    digest = RequestDigest(spec.model, spec.target_domain, spec.options)
     check_items = spec.options.get("unknown_items", "error") == "error"
     async for where, seq in sequences:
         if len(seq.items) > settings.max_items_per_sequence:
@@ -331,10 +403,12 @@ async def _stage(
                     f"{engine.name!r}'s catalogue",
                     {where[0]: where[1], "position": p, "item": item[:100]},
                 )
-        _check_job_size(writer.count + 1, settings)
-        await writer.add(seq.user_id, items)
-    if writer.count == 0:
+        _check_job_size(sink.count + 1, settings)
+        digest.add(seq.user_id, items)
+        await sink.add(seq.user_id, items)
+    if sink.count == 0:
         raise ApiError("bad_upload", "the upload holds no sequence", {"line": 0})
+    return digest.hexdigest()
 
 
 def _enqueue(producer: Celery, job_id: str, n_chunks: int) -> None:
@@ -375,35 +449,6 @@ async def _quietly(awaitable: Any) -> None:
 # -- request parsing ---------------------------------------------------------------------
 
 
-def _body_kind(request: Request) -> Literal["json", "ndjson", "gzip"]:
-    mime = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if mime in JSON_TYPES:
-        return "json"
-    if mime == NDJSON or mime in GZIP_TYPES:
-        gz = mime in GZIP_TYPES or request.headers.get("content-encoding", "").strip().lower() in ("gzip", "x-gzip")
-        return "gzip" if gz else "ndjson"
-    raise ApiError(
-        "unsupported_media_type",
-        f"send 'Content-Type: application/json' (the /regenerate body) or '{NDJSON}' (one sequence per line); "
-        f"got {mime[:100] or 'none'!r}",
-        {"content_type": mime[:100]},
-    )
-
-
-def _parse_json_body(body: bytes) -> RegenerateRequest:
-    try:
-        return RegenerateRequest.model_validate_json(body)
-    except ValidationError as exc:
-        errors = exc.errors()
-        if any(e["type"] == "json_invalid" for e in errors):
-            raise ApiError("bad_json", "request body is not valid JSON", {"errors": sanitize_errors(errors)}) from None
-        clean = sanitize_errors([{**e, "loc": ("body", *e["loc"])} for e in errors])
-        where = ".".join(str(p) for p in clean[0]["loc"])
-        raise ApiError(
-            "validation_error", f"{where}: {clean[0]['msg']}", {"errors": clean, "count": len(errors)}
-        ) from None
-
-
 def _required_target(target_domain: str | None) -> str:
     if target_domain is None:
         raise ApiError(
@@ -437,106 +482,6 @@ def _job_spec(
     engine.catalogue.domain_index(target)  # UnknownDomainError -> 422 unknown_domain
     decode_options(options)  # 422 for ablations that exclude each other
     return JobSpec(caller, engine.name, target, options.model_dump(mode="json")), engine
-
-
-async def _aiter_list(seqs: list[SequenceIn]) -> AsyncIterator[tuple[Where, SequenceIn]]:
-    for k, seq in enumerate(seqs):
-        yield ("sequence", k), seq
-
-
-async def ndjson_sequences(
-    request: Request, settings: Settings, *, gzip: bool
-) -> AsyncIterator[tuple[Where, SequenceIn]]:
-    """(("line", number from 1), sequence) for every non-blank line, validated as it arrives."""
-    lines = _LineSplitter(gzip, settings.max_body_bytes * MAX_INFLATION)
-    async for part in request.stream():
-        for number, line in lines.feed(part):
-            yield ("line", number), _parse_line(number, line)
-    for number, line in lines.finish():
-        yield ("line", number), _parse_line(number, line)
-
-
-def _parse_line(number: int, line: bytes) -> SequenceIn:
-    try:
-        return SequenceIn.model_validate_json(line)
-    except ValidationError as exc:
-        err = sanitize_errors(exc.errors())[0]
-        where = ".".join(str(p) for p in err["loc"])
-        msg = "not valid JSON" if err["type"] == "json_invalid" else f"{where}: {err['msg']}" if where else err["msg"]
-        raise ApiError("bad_upload", f"line {number}: {msg}", {"line": number, "error": err}) from None
-
-
-class _LineSplitter:
-    """Bytes in (gzip or plain), complete lines out; gzip is detected by its magic bytes
-    too, so a .gz file sent without Content-Encoding still works."""
-
-    def __init__(self, gzip: bool, max_inflated: int) -> None:
-        self.gzip = gzip
-        self.max_inflated = max_inflated
-        self.inflated = 0
-        self.z: Any = None
-        self.decided = gzip
-        self.buf = b""
-        self.number = 0
-        self.head = b""
-
-    def feed(self, data: bytes) -> Iterator[tuple[int, bytes]]:
-        if not self.decided:
-            self.head += data
-            if len(self.head) < 2:
-                return
-            self.gzip, self.decided, data, self.head = self.head[:2] == b"\x1f\x8b", True, self.head, b""
-        yield from self._lines(self._inflate(data) if self.gzip else data)
-
-    def finish(self) -> Iterator[tuple[int, bytes]]:
-        if not self.decided and self.head:
-            yield from self._lines(self.head)
-        if self.gzip and (self.z is None or not self.z.eof):
-            raise ApiError("bad_upload", "the gzip stream is truncated", {"line": self.number + 1})
-        if self.buf.strip():
-            self.number += 1
-            yield self.number, self.buf
-        self.buf = b""
-
-    def _inflate(self, data: bytes) -> bytes:
-        out: list[bytes] = []
-        if self.z is None:
-            self.z = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        while True:
-            try:
-                piece = self.z.decompress(data, INFLATE_STEP)
-            except zlib.error as exc:
-                raise ApiError("bad_upload", f"the body is not valid gzip: {exc}", {"line": self.number + 1}) from None
-            self.inflated += len(piece)
-            if self.inflated > self.max_inflated:
-                raise ApiError(
-                    "payload_too_large",
-                    f"the upload inflates to more than {self.max_inflated} bytes",
-                    {"max_inflated_bytes": self.max_inflated},
-                )
-            out.append(piece)
-            if self.z.unconsumed_tail:  # stopped at INFLATE_STEP with input left
-                data = self.z.unconsumed_tail
-            elif len(piece) == INFLATE_STEP and not self.z.eof:  # output may still be pending inside zlib
-                data = b""
-            elif self.z.eof and self.z.unused_data.strip(b"\x00"):  # the next member of a concatenated file
-                data, self.z = self.z.unused_data, zlib.decompressobj(16 + zlib.MAX_WBITS)
-            else:
-                return b"".join(out)
-
-    def _lines(self, data: bytes) -> Iterator[tuple[int, bytes]]:
-        if not data:
-            return
-        parts = (self.buf + data).split(b"\n")
-        self.buf = parts.pop()
-        if len(self.buf) > MAX_LINE_BYTES:
-            raise ApiError(
-                "bad_upload", f"line {self.number + 1} is longer than {MAX_LINE_BYTES} bytes", {"line": self.number + 1}
-            )
-        for line in parts:
-            self.number += 1
-            if line.strip():
-                yield self.number, line
 
 
 # -- GET / DELETE ------------------------------------------------------------------------
