@@ -18,9 +18,20 @@ same model the same thing are therefore decoded together:
   its call: the unknown-item check of unknown_items="error" (done before the batch is
   joined: a bad call fails alone) and the rendering of each answer. An exception of the
   joined decode goes to every call of that batch.
-- A cancelled caller (client gone) leaves the queue, or, when its batch is already
-  decoding, its answer is dropped; no other call notices.
-- At most `max_queued_sequences` sequences wait per model; beyond that: 429 queue_full.
+- A cancelled caller (the route cancels a call whose client disconnected) leaves the
+  queue, or, when its batch is already decoding, its answer is dropped and nobody waits
+  for that decode; no other call notices.
+- Fair share between callers (API keys): the next batch starts with the oldest call of
+  the caller served longest ago, so a caller with many queued calls takes turns with
+  the others instead of making them wait behind its backlog. Calls of other callers
+  that ask the same thing still join that batch.
+- Admission by cost: a call costs its items, plus `explain_top_k / EXPLAIN_K_PER_UNIT`
+  per item when it asks for explanations (the candidates rendered per item). At most
+  `max_queued_cost` units and `max_queued_sequences` sequences wait per model, and one
+  caller's calls at most `key_share` of `max_queued_cost`; beyond that: 429 queue_full
+  with a Retry-After estimated from the decode rate measured so far. A call arriving at
+  an empty queue (or a caller's first) is taken whatever its cost, so a call above
+  the bounds is never refused forever.
 
 Answers equal those of decoding each call alone: decisions do not depend on batch
 composition (tests/test_engine.py). Explain scores do in their last float bits, so
@@ -30,6 +41,7 @@ calls that ask for them are never joined with others.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -42,6 +54,10 @@ from app import metrics
 from app.errors import ApiError
 
 Key = tuple[str, Any]  # (target domain, models.decoding.DecodeOptions)
+# candidates of `explain_top_k` that cost as much as decoding one item: rendering 2k
+# (item, score) pairs per item against one forward and scoring pass (measured on a
+# 1,800-item catalogue: k=50 adds 58% to a 1,000-item sequence; on a 36-item one, k=36 300%)
+EXPLAIN_K_PER_UNIT = 32
 Finish = Callable[[list[Any]], Any]  # one call's engine results -> its answer (runs in the decode thread)
 Outcome = tuple[bool, Any]  # (True, answer) or (False, exception)
 
@@ -51,7 +67,16 @@ class BatchPolicy:
     max_wait_s: float = 0.002
     max_sequences: int = 64
     max_queued_sequences: int = 10_000
+    max_queued_cost: int = 50_000  # cost units (see `call_cost`) waiting per model
+    key_share: float = 0.5  # of max_queued_cost, one caller at most
     decoders: int = 1  # batches of one model decoding at once
+
+
+def call_cost(sequences: Sequence[Sequence[object]], options: Any) -> int:
+    """Cost units of a call: its items, each weighted up by the explanations it asks for."""
+    items = sum(len(s) for s in sequences)
+    k = getattr(options, "explain_top_k", 0) or 0
+    return max(1, items + items * k // EXPLAIN_K_PER_UNIT)
 
 
 @dataclass(eq=False)  # identity: a queue removes exactly this call
@@ -61,6 +86,9 @@ class _Call:
     finish: Finish
     future: asyncio.Future[Any]
     arrived: float
+    key: Key
+    owner: str
+    cost: int
 
     @property
     def size(self) -> int:
@@ -79,8 +107,13 @@ class MicroBatcher:
         self.policy = policy
         self.batches = 0  # engine batches decoded so far
         self.calls = 0  # calls in those batches
-        self._queues: dict[Key, deque[_Call]] = {}
+        self._queues: dict[Key, deque[_Call]] = {}  # per key, in arrival order
+        self._owners: dict[str, deque[_Call]] = {}  # per caller, in arrival order
+        self._served: dict[str, int] = {}  # caller -> batch count when last served
         self._queued_sequences = 0
+        self._queued_cost = 0
+        self._owner_cost: dict[str, int] = {}
+        self._seconds_per_unit = 0.0  # moving average of decode time per cost unit
         self._runners: set[asyncio.Task[None]] = set()
         self._idle_runners = 0  # runners lingering or picking a batch, not decoding
         self._arrival = asyncio.Event()
@@ -91,6 +124,10 @@ class MicroBatcher:
     def queued_calls(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
+    @property
+    def queued_cost(self) -> int:
+        return self._queued_cost
+
     async def submit(
         self,
         target: str,
@@ -99,30 +136,51 @@ class MicroBatcher:
         *,
         unknown_items: str,
         finish: Finish,
+        owner: str = "",
     ) -> Any:
         """Decode `sequences` (external ids) with others' and return `finish(results)`."""
-        n = len(sequences)
-        if self._queued_sequences and self._queued_sequences + n > self.policy.max_queued_sequences:
-            # an empty queue takes any call, so one request above the bound is not refused forever
-            raise ApiError(
-                "queue_full",
-                f"{self._queued_sequences} sequences are waiting for model {self.engine.name!r}; retry shortly",
-                {"queued": self._queued_sequences, "max": self.policy.max_queued_sequences},
-                headers={"Retry-After": "1"},
-            )
+        cost = call_cost(sequences, options)
+        self._admit(owner, len(sequences), cost)
         loop = asyncio.get_running_loop()
-        call = _Call(sequences, unknown_items, finish, loop.create_future(), time.monotonic())
         key = (target, options)
+        call = _Call(sequences, unknown_items, finish, loop.create_future(), time.monotonic(), key, owner, cost)
         self._queues.setdefault(key, deque()).append(call)
-        self._queued_sequences += n
+        self._owners.setdefault(owner, deque()).append(call)
+        self._queued_sequences += call.size
+        self._queued_cost += cost
+        self._owner_cost[owner] = self._owner_cost.get(owner, 0) + cost
         self._arrival.set()
         if not self._idle_runners and len(self._runners) < self.policy.decoders:
             self._start_runner(loop)
         try:
             return await call.future
         except asyncio.CancelledError:
-            self._forget(key, call)
+            self._forget(call)
             raise
+
+    def _admit(self, owner: str, n: int, cost: int) -> None:
+        """Raise 429 queue_full when this call would pass a bound (see the module docstring)."""
+        p = self.policy
+        mine = self._owner_cost.get(owner, 0)
+        share = int(p.max_queued_cost * p.key_share)
+        if self._queued_sequences and self._queued_sequences + n > p.max_queued_sequences:
+            what, details = f"{self._queued_sequences} sequences are", {"queued": self._queued_sequences}
+            details["max"] = p.max_queued_sequences
+        elif self._queued_cost and self._queued_cost + cost > p.max_queued_cost:
+            what, details = f"{self._queued_cost} cost units are", {"queued_cost": self._queued_cost}
+            details["max_cost"] = p.max_queued_cost
+        elif mine and mine + cost > share:
+            what = f"{mine} cost units of this API key are"
+            details = {"queued_cost": mine, "max_cost": share, "scope": "api_key"}
+        else:
+            return
+        wait = max(1, min(60, math.ceil(self._queued_cost * self._seconds_per_unit)))
+        raise ApiError(
+            "queue_full",
+            f"{what} waiting for model {self.engine.name!r} and this call costs {cost} more; retry in {wait} s",
+            {**details, "cost": cost},
+            headers={"Retry-After": str(wait)},
+        )
 
     # -- dispatch -----------------------------------------------------------------
 
@@ -150,23 +208,25 @@ class MicroBatcher:
 
     def _fail_queued(self, exc: Exception) -> None:
         calls = [c for q in self._queues.values() for c in q]
-        self._queues.clear()
-        self._queued_sequences = 0
+        for call in calls:
+            self._forget(call)
         _deliver(calls, [(False, exc)] * len(calls))
 
     async def _next_batch(self) -> tuple[Key, list[_Call]] | None:
-        while (key := self._oldest_key()) is not None:
-            await self._linger(key)
-            if self._oldest_key() == key:  # else its calls were cancelled meanwhile: look again
-                calls = self._take(key)
+        while (lead := self._lead()) is not None:
+            await self._linger(lead.key)
+            if self._lead() is lead:  # else it was cancelled, or another caller's turn came: look again
+                calls = self._take(lead)
                 if calls:
-                    return key, calls
+                    return lead.key, calls
         return None
 
-    def _oldest_key(self) -> Key | None:
-        if not self._queues:
+    def _lead(self) -> _Call | None:
+        """The oldest call of the caller served longest ago (never served: first)."""
+        if not self._owners:
             return None
-        return min(self._queues, key=lambda k: self._queues[k][0].arrived)
+        owner = min(self._owners, key=lambda o: (self._served.get(o, -1), self._owners[o][0].arrived))
+        return self._owners[owner][0]
 
     async def _linger(self, key: Key) -> None:
         queue = self._queues[key]
@@ -186,27 +246,39 @@ class MicroBatcher:
             except asyncio.TimeoutError:
                 return
 
-    def _take(self, key: Key) -> list[_Call]:
-        """Pop the calls of the next batch: the oldest first, then as many as fit the budget."""
-        queue = self._queues[key]
-        taken = [queue.popleft()]
-        n = taken[0].size
-        while queue and not _alone(key) and n + queue[0].size <= self.policy.max_sequences:
-            taken.append(queue.popleft())
-            n += taken[-1].size
-        if not queue:
-            del self._queues[key]
-        self._queued_sequences -= n
+    def _take(self, lead: _Call) -> list[_Call]:
+        """Remove the calls of the next batch: `lead` first, then the oldest calls with its
+        key as long as they fit `max_sequences`."""
+        taken = [lead]
+        n = lead.size
+        if not _alone(lead.key):
+            for call in self._queues[lead.key]:
+                if call is not lead:
+                    if n + call.size > self.policy.max_sequences:
+                        break
+                    taken.append(call)
+                    n += call.size
+        for call in taken:
+            self._forget(call)
+            self._served[call.owner] = self.batches
         # a caller cancelled a moment ago may not have run its `_forget` yet
         return [c for c in taken if not c.future.done()]
 
-    def _forget(self, key: Key, call: _Call) -> None:
-        queue = self._queues.get(key)
-        if queue is not None and call in queue:
-            queue.remove(call)
-            self._queued_sequences -= call.size
-            if not queue:
-                del self._queues[key]
+    def _forget(self, call: _Call) -> None:
+        """Take `call` out of the queues and counts (if still there)."""
+        queue = self._queues.get(call.key)
+        if queue is None or call not in queue:
+            return
+        queue.remove(call)
+        if not queue:
+            del self._queues[call.key]
+        mine = self._owners[call.owner]
+        mine.remove(call)
+        self._queued_sequences -= call.size
+        self._queued_cost -= call.cost
+        self._owner_cost[call.owner] -= call.cost
+        if not mine:  # `_served` stays: callers are API keys, a bounded set
+            del self._owners[call.owner], self._owner_cost[call.owner]
 
     async def _decode(self, key: Key, calls: list[_Call]) -> None:
         self._last_batch_calls = len(calls)
@@ -214,6 +286,7 @@ class MicroBatcher:
         self.calls += len(calls)
         target, options = key
         work = [(c.sequences, c.unknown_items, c.finish) for c in calls]  # the thread never touches futures
+        started = time.monotonic()
         try:
             outcomes = await anyio.to_thread.run_sync(decode_batch, self.engine, target, options, work)
         except Exception as exc:  # a bug in decode_batch: its callers get it, the runner goes on
@@ -223,6 +296,10 @@ class MicroBatcher:
             raise
         finally:
             self._free_since = time.monotonic()
+        per_unit = (self._free_since - started) / sum(c.cost for c in calls)
+        self._seconds_per_unit = (
+            per_unit if not self._seconds_per_unit else 0.8 * self._seconds_per_unit + 0.2 * per_unit
+        )
         _deliver(calls, outcomes)
 
 

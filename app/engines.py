@@ -7,26 +7,20 @@ report; it never stops the process, so one bad upload cannot take down the model
 that did load.
 
 Decoding is CPU/GPU-bound: `Engines.regenerate` sends it to a worker thread, so the
-event loop keeps answering health checks and other requests meanwhile. Concurrent
-calls to one model are micro-batched there (app/batching.py: one decoder per model,
-calls that arrive while it is busy are decoded together); with
-TAESAR_MICROBATCH_MAX_WAIT_MS=0 each call is decoded alone through `Engines.run`,
-at most `decode_threads` at a time.
+event loop keeps answering health checks and other requests meanwhile. Every call to
+a model goes through its `MicroBatcher` (app/batching.py: fair turns between API keys,
+admission by cost, abandoned calls dropped); calls that arrive while a decoder is busy
+are decoded together, except with TAESAR_MICROBATCH_MAX_WAIT_MS=0, where each call is
+decoded alone, at most `decode_threads` at a time.
 """
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import anyio
-import anyio.to_thread
-
-from app import metrics
 from app.batching import BatchPolicy, Finish, MicroBatcher
 from app.errors import ApiError
 from app.logging import get_logger, log_event
@@ -84,10 +78,8 @@ class Engine:
 class Engines:
     engines: dict[str, Engine]
     failures: list[LoadFailure] = field(default_factory=list)
-    decode_threads: int = 1
-    batch_policy: BatchPolicy | None = None  # None: no micro-batching
-    # created lazily: a CapacityLimiter (and a batcher's event) belongs to the running event loop
-    _limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)
+    batch_policy: BatchPolicy = field(default_factory=BatchPolicy)
+    # created lazily: a batcher's event belongs to the running event loop
     _batchers: dict[str, MicroBatcher] = field(default_factory=dict, repr=False)
 
     @property
@@ -131,12 +123,6 @@ class Engines:
             headers={"Retry-After": "30"},
         )
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run blocking engine work in a worker thread, at most `decode_threads` at a time."""
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.decode_threads)
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._limiter)
-
     async def regenerate(
         self,
         engine: Engine,
@@ -146,30 +132,19 @@ class Engines:
         *,
         unknown_items: str,
         finish: Finish,
+        owner: str = "",
     ) -> Any:
-        """Decode `sequences` (external ids) off the event loop; return `finish(results)`,
-        which also runs in the decode thread (rendering a large answer is work too)."""
-        if self.batch_policy is None:
-            return await self.run(decode_alone, engine, target, options, sequences, unknown_items, finish)
+        """Decode `sequences` (external ids) off the event loop for caller `owner`; return
+        `finish(results)`, which also runs in the decode thread (rendering a large answer
+        is work too). Cancelling the awaiting task drops the call."""
         batcher = self._batchers.get(engine.name)
         if batcher is None:
             batcher = self._batchers[engine.name] = MicroBatcher(engine, self.batch_policy)
-        return await batcher.submit(target, options, sequences, unknown_items=unknown_items, finish=finish)
+        return await batcher.submit(target, options, sequences, unknown_items=unknown_items, finish=finish, owner=owner)
 
     def batcher(self, name: str) -> MicroBatcher | None:
         """The micro-batcher of model `name`, once it has had a call (tests, diagnostics)."""
         return self._batchers.get(name)
-
-
-def decode_alone(
-    engine: Engine, target: str, options: Any, sequences: list[list[str | int]], unknown_items: str, finish: Finish
-) -> Any:
-    """One call, one engine batch: the path without micro-batching (in a worker thread)."""
-    strings = [[str(i) for i in s] for s in sequences]
-    started = time.perf_counter()
-    results = engine.regenerate(strings, target, unknown_items=unknown_items, options=options)
-    metrics.observe_decode(engine.name, time.perf_counter() - started)
-    return finish(results)
 
 
 def resolve_device(device: str) -> str:
@@ -256,16 +231,19 @@ def load_engines(settings: Settings, *, concurrent_decodes: int | None = None) -
             memory_budget_mb=round(regenerator.memory_budget_mb, 1),
             seconds=round(time.perf_counter() - started, 3),
         )
-    return Engines(engines, failures, decode_threads=settings.decode_threads, batch_policy=batch_policy(settings))
+    return Engines(engines, failures, batch_policy=batch_policy(settings))
 
 
-def batch_policy(settings: Settings) -> BatchPolicy | None:
-    if settings.microbatch_max_wait_ms <= 0:
-        return None
+def batch_policy(settings: Settings) -> BatchPolicy:
+    """TAESAR_MICROBATCH_MAX_WAIT_MS=0 turns joining off (one call per batch); the queue
+    bounds and fair turns hold either way."""
+    joining = settings.microbatch_max_wait_ms > 0
     return BatchPolicy(
         max_wait_s=settings.microbatch_max_wait_ms / 1000,
-        max_sequences=settings.microbatch_max_sequences,
+        max_sequences=settings.microbatch_max_sequences if joining else 1,
         max_queued_sequences=settings.microbatch_max_queued_sequences,
+        max_queued_cost=settings.microbatch_max_queued_cost,
+        key_share=settings.microbatch_key_share,
         decoders=settings.decode_threads,
     )
 

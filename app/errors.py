@@ -135,7 +135,7 @@ def sanitize_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _is_json(content_type: str | None) -> bool:
+def is_json(content_type: str | None) -> bool:
     if not content_type:
         return False
     mime = content_type.split(";", 1)[0].strip().lower()
@@ -160,7 +160,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         )
     content_type = request.headers.get("content-type")
     body_as_a_whole = all(tuple(e.get("loc", ())) == ("body",) for e in errors)
-    if body_as_a_whole and request.headers.get("content-length", "0") != "0" and not _is_json(content_type):
+    if body_as_a_whole and request.headers.get("content-length", "0") != "0" and not is_json(content_type):
         # FastAPI hands a non-JSON body over as raw bytes; the honest answer is 415, not 'not a dict'
         return error_response(
             "unsupported_media_type",

@@ -9,7 +9,7 @@ the job's `expires_at` (creation + settings.job_ttl_s), set when the key is writ
                               created_at, started_at, finished_at, expires_at, error (JSON)
     J:in:{i}          string  zlib(JSON {"first", "users": [...], "items": [[...], ...]}) of chunk i;
                               deleted in the same step that stores chunk i's result
-    J:out:{i}         string  zlib(NDJSON), the DESIGN.md output lines of chunk i
+    J:out:{i}         string  zlib(NDJSON), the output lines of chunk i (models.output)
     J:rb:{i}          string  zlib(RecBole atomic rows of chunk i; chunk 0 starts with the header)
     J:tries           hash    chunk index -> deliveries seen (bounds poison chunks)
     P:idem:{h}        string  job id for (caller, Idempotency-Key); h = sha256 of both

@@ -17,7 +17,8 @@ from app.engines import apply_torch_threads, load_engines
 from app.errors import install_error_handlers
 from app.logging import configure_logging, get_logger, log_event
 from app.middleware import BodyLimit, RequestObserver
-from app.routes import docs, document_one_error_shape, health, jobs, models, regenerate
+from app.routes import docs, document_one_error_shape, document_parsed_bodies, health, jobs, models, regenerate
+from app.schemas import RegenerateRequest
 from app.settings import Settings, get_settings
 
 REDIS_TIMEOUT_S = 0.5  # fail fast: readiness and job calls must answer, not queue up behind a dead Redis
@@ -111,7 +112,7 @@ def _document_one_error_shape(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document_one_error_shape(build())
+            app.openapi_schema = document_parsed_bodies(document_one_error_shape(build()), RegenerateRequest)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -49,14 +49,22 @@ class Settings(BaseSettings):
     # torch CPU threads of this process (None: torch's choice, all cores). API and workers on
     # one host should not ask for more threads than cores in total.
     torch_threads: int | None = Field(None, ge=1, le=1024)
-    # micro-batching of concurrent /regenerate calls (app/batching.py); 0 disables it and
-    # decodes every call on its own
+    # micro-batching of concurrent /regenerate calls (app/batching.py); a wait of 0 decodes
+    # every call on its own (the queue bounds and fair turns still apply)
     microbatch_max_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="longest a call waits for company while calls are concurrent"
     )
     microbatch_max_sequences: int = Field(64, ge=1, description="sequences joined into one engine batch at most")
     microbatch_max_queued_sequences: int = Field(
         10_000, ge=1, description="sequences waiting for a decoder, per model; 429 queue_full above it"
+    )
+    microbatch_max_queued_cost: int = Field(
+        50_000,
+        ge=1,
+        description="cost units (items, explanations weigh more) waiting for a decoder, per model; 429 above it",
+    )
+    microbatch_key_share: float = Field(
+        0.5, gt=0, le=1, description="share of microbatch_max_queued_cost that one API key's calls may hold"
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "INFO"

@@ -4,7 +4,7 @@
     python benchmarks/job_throughput.py --model-dir models_store -n 20000 --workers 2 --device cpu
 
 Both sides decode the same N sequences (drawn from the bundle's catalogue, or read
-from --input JSONL) into the target domain and write the DESIGN.md JSONL lines:
+from --input JSONL) into the target domain and write the output JSONL lines:
 
 - CLI: `taesar regenerate --input in.jsonl --out out.jsonl` as a subprocess, timed
   end to end (start-up and bundle loading included), and the same engine call plus

@@ -16,7 +16,7 @@ median over rounds), p50/p99 latency (over every request of every round), errors
 mean number of calls per engine batch, and the server process's CPU milliseconds per
 answer. The clients run in a child process: in the server's process they would fight
 its event loop and decoder for the GIL, which no real deployment does. Printed as a table and
-written as JSON (--out). Acceptance (issue 4): throughput gain at 8 and 32 clients,
+written as JSON (--out). What to look for: throughput gain at 8 and 32 clients,
 p50 latency at 1 client no more than 10% above the unbatched path.
 """
 

@@ -1,4 +1,4 @@
-"""Regeneration output (DESIGN.md contracts) and the JSONL input reader.
+"""Regeneration output (the contract README states) and the JSONL input reader.
 
 Output line, one JSON object per regenerated sequence:
   {"user_id", "target_domain", "sequence": [item ids], "decisions": [{"position", "item",
@@ -56,7 +56,7 @@ def file_names(names: Sequence[str]) -> dict[str, str]:
 
 
 def to_output_line(result: Regenerated, catalogue: Catalogue, target: str, user_id: str) -> dict:
-    """A Regenerated (dense ids) as the DESIGN.md output object (external ids)."""
+    """A Regenerated (dense ids) as the output object (external ids)."""
     return {
         "user_id": user_id,
         "target_domain": target,

@@ -251,7 +251,7 @@ REGENERATE = [
         413,
         "payload_too_large",
         json=lambda c: body(c, sequences=[{"items": c["item_ids"][:2]}] * (MAX_SEQUENCES + 1)),
-        check=lambda d: d == {"sequences": MAX_SEQUENCES + 1, "max": MAX_SEQUENCES},
+        check=lambda d: d == {"at_least": MAX_SEQUENCES + 1, "max": MAX_SEQUENCES},
     ),
     Case(
         "a sequence too long",

@@ -357,3 +357,65 @@ async def test_after_a_joined_batch_an_idle_decoder_lingers_for_as_many_calls() 
     started = time.monotonic()
     await asyncio.wait_for(call(8), 10)  # ...and the next one not at all
     assert time.monotonic() - started < 0.25
+
+
+async def test_callers_take_turns_whatever_their_backlog() -> None:
+    from models.decoding import DecodeOptions
+
+    engine = RecordingEngine()
+    batcher = MicroBatcher(engine, BatchPolicy(max_wait_s=0))
+    explain = ("a", DecodeOptions(explain_top_k=3))  # never joined: one call per batch
+
+    async def call(owner: str, k: int) -> Any:
+        return await batcher.submit(*explain, [[f"{owner}{k}"]], unknown_items="error", finish=list, owner=owner)
+
+    held = [asyncio.create_task(call("a", 0))]
+    await eventually(lambda: batcher.batches == 1)
+    held += [asyncio.create_task(call("a", k)) for k in range(1, 5)]  # a's backlog first...
+    await eventually(lambda: batcher.queued_calls == 4)
+    held += [asyncio.create_task(call("b", k)) for k in range(2)]  # ...then b's calls
+    await eventually(lambda: batcher.queued_calls == 6)
+    engine.gate.set()
+    await asyncio.wait_for(asyncio.gather(*held), 10)
+    order = [seqs[0][0] for _, _, seqs in engine.calls]
+    assert order == ["a0", "b0", "a1", "b1", "a2", "a3", "a4"]
+
+
+async def test_admission_counts_cost_and_each_callers_share() -> None:
+    from app.batching import call_cost
+    from app.errors import ApiError
+    from models.decoding import DecodeOptions
+
+    plain, explain = DecodeOptions(), DecodeOptions(explain_top_k=32)
+    assert call_cost([["x"] * 100, ["y"] * 50], plain) == 150
+    assert call_cost([["x"] * 100], explain) == 200  # k=32: one more unit per item
+    engine = RecordingEngine()
+    batcher = MicroBatcher(engine, BatchPolicy(max_wait_s=0, max_queued_cost=1_000, key_share=0.5))
+
+    def call(owner: str, items: int, options: Any = plain) -> asyncio.Task[Any]:
+        sequences = [[str(i) for i in range(items)]]
+        return asyncio.create_task(
+            batcher.submit("a", options, sequences, unknown_items="error", finish=list, owner=owner)
+        )
+
+    held = [call("a", 10)]  # decoding, held at the gate: no longer queued
+    await eventually(lambda: batcher.batches == 1)
+    held += [call("a", 200, explain), call("a", 100)]  # 400 + 100: a's share of 500 is full
+    await eventually(lambda: batcher.queued_cost == 500)
+    with pytest.raises(ApiError) as refused:
+        await call("a", 1)
+    assert refused.value.code == "queue_full" and refused.value.details["scope"] == "api_key"
+    assert int(refused.value.headers["Retry-After"]) >= 1
+    held += [call("b", 450)]  # another caller still gets in, up to the whole budget
+    await eventually(lambda: batcher.queued_cost == 950)
+    with pytest.raises(ApiError) as full:
+        await call("c", 60)
+    assert full.value.code == "queue_full" and full.value.details == {"queued_cost": 950, "max_cost": 1_000, "cost": 60}
+    held[1].cancel()  # a caller gone: its cost leaves the queue at once
+    await eventually(lambda: batcher.queued_cost == 550)
+    held += [call("c", 60)]
+    engine.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*held, return_exceptions=True), 10)
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert sum(isinstance(r, list) for r in results) == len(held) - 1
+    assert batcher.queued_cost == 0 and not batcher._owners and not batcher._owner_cost

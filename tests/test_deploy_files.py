@@ -23,7 +23,7 @@ from app.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-# the settings a deployment must be able to set (issue 3)
+# the settings a deployment must be able to set
 REQUIRED_ENV = {
     "TAESAR_MODEL_DIR",
     "TAESAR_REDIS_URL",

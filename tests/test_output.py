@@ -1,4 +1,4 @@
-"""Output lines (DESIGN.md contract), the JSONL and RecBole writers, the JSONL reader."""
+"""Output lines (the contract README states), the JSONL and RecBole writers, the JSONL reader."""
 
 from __future__ import annotations
 

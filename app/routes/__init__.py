@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from app.errors import STATUS_BY_CODE
 from app.schemas import ErrorResponse
 
@@ -127,4 +129,16 @@ def document_one_error_shape(schema: dict[str, Any]) -> dict[str, Any]:
     components.setdefault("ErrorDetail", components["ErrorResponse"].pop("$defs", {}).get("ErrorDetail", {}))
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
+    return schema
+
+
+def document_parsed_bodies(schema: dict[str, Any], *models: type[BaseModel]) -> dict[str, Any]:
+    """Add the component schemas of request bodies that routes parse themselves (and
+    reference with `$ref` in `openapi_extra`): FastAPI only collects declared ones."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in models:
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, definition in body.pop("$defs", {}).items():
+            components.setdefault(name, definition)
+        components.setdefault(model.__name__, body)
     return schema

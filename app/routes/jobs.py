@@ -508,7 +508,7 @@ async def read_job(job_id: str, request: Request, caller: CallerDep, store: Stor
     response_class=StreamingResponse,
     responses={
         200: {
-            "description": "One DESIGN.md output object per input sequence, in input order; with "
+            "description": "One output object per input sequence, in input order; with "
             "`format=recbole`, a header line then one `user_id  item_id_list  item_id` row per sequence "
             "of at least two items. `X-Taesar-Sequences` gives the number of input sequences.",
             "content": {

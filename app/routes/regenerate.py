@@ -1,26 +1,37 @@
 """POST /regenerate: online regeneration on the API's own engine.
 
-The handler only checks limits and picks the engine; decoding, the conversion to
-output records (the same `models.output` code `taesar regenerate` writes with) and
-the JSON encoding all run in a worker thread, so a large answer never stalls the
-event loop either. Concurrent calls are micro-batched on the way (app/batching.py).
+The handler parses the body in slices (app/regenerate_body.py), checks limits and picks
+the engine; decoding, the conversion to output records (the same `models.output` code
+`taesar regenerate` writes with) and the JSON encoding all run in a worker thread, so
+a large answer never stalls the event loop either. Concurrent calls are micro-batched
+on the way (app/batching.py), with fair turns per API key and admission by cost. A
+client that disconnects while its call waits or decodes gets nothing decoded for it:
+its call leaves the queue at once, and a decode already running is awaited by nobody
+(the request is logged as a client abort, status 499).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
-from typing import Annotated, Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Request, Response
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
 
 from app import metrics
-from app.deps import EnginesDep, SettingsDep
+from app.deps import CallerDep, EnginesDep, SettingsDep
 from app.engines import Engine, decode_options
-from app.errors import ApiError
+from app.errors import ApiError, is_json
+from app.regenerate_body import parse_regenerate_body
 from app.routes import error_responses
 from app.schemas import RegenerateRequest, RegenerateResponse
 from app.settings import Settings
+
+T = TypeVar("T")
 
 router = APIRouter(tags=["regenerate"])
 
@@ -75,34 +86,6 @@ _RESPONSE_EXAMPLE = {
 }
 
 
-def check_limits(body: RegenerateRequest, settings: Settings) -> None:
-    """413 for too many sequences (the request is too big for the online path: use
-    /jobs), 422 for a sequence longer than the per-sequence cap (that sequence is bad)."""
-    n, cap = len(body.sequences), settings.max_sequences_per_request
-    if n > cap:
-        raise ApiError(
-            "payload_too_large",
-            f"{n} sequences in one request; the limit is {cap} (use POST /jobs for more)",
-            {"sequences": n, "max": cap},
-        )
-    longest = settings.max_items_per_sequence
-    too_long = [(i, len(s.items)) for i, s in enumerate(body.sequences) if len(s.items) > longest]
-    if too_long:
-        errors = [
-            {
-                "loc": ["body", "sequences", i, "items"],
-                "msg": f"{k} items; at most {longest} are allowed",
-                "type": "too_long",
-            }
-            for i, k in too_long[:20]
-        ]
-        raise ApiError(
-            "validation_error",
-            f"body.sequences.{too_long[0][0]}.items: {errors[0]['msg']}",
-            {"errors": errors, "count": len(too_long)},
-        )
-
-
 def render(engine: Engine, body: RegenerateRequest, results: list[Any]) -> tuple[bytes, dict[str, int]]:
     """Encode the engine's results as the response (runs in the decode thread): (JSON bytes, totals)."""
     from models.output import to_output_line
@@ -118,6 +101,53 @@ def render(engine: Engine, body: RegenerateRequest, results: list[Any]) -> tuple
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(), totals
 
 
+_REQUEST_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/RegenerateRequest"},
+                "examples": _REQUEST_EXAMPLES,
+            }
+        },
+    }
+}
+
+
+async def read_request(request: Request, settings: Settings) -> RegenerateRequest:
+    """The body as a RegenerateRequest; 415 unless the content type is JSON."""
+    content_type = request.headers.get("content-type")
+    body = await request.body()
+    if body and not is_json(content_type):
+        raise ApiError(
+            "unsupported_media_type",
+            f"send the body as JSON with 'Content-Type: application/json' (got {(content_type or 'none')[:200]!r})",
+            {"content_type": content_type[:200] if content_type else None},
+        )
+    return await parse_regenerate_body(body, settings.max_sequences_per_request, settings.max_items_per_sequence)
+
+
+async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """`await work`, unless the client disconnects first: then cancel it and raise
+    ClientDisconnect. Once the body is read, `receive` only returns when the client has gone."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, watch):
+            if not pending.done():
+                pending.cancel()
+    if task.done() and not task.cancelled():
+        return task.result()
+    raise ClientDisconnect()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 @router.post(
     "/regenerate",
     response_model=RegenerateResponse,
@@ -125,7 +155,10 @@ def render(engine: Engine, body: RegenerateRequest, results: list[Any]) -> tuple
     description="Every item gets keep / replace / discard. At most `TAESAR_MAX_SEQUENCES_PER_REQUEST` "
     "sequences (413 above it: use POST /jobs) of at most `TAESAR_MAX_ITEMS_PER_SEQUENCE` items (422). "
     "Concurrent calls are decoded together (micro-batching); 429 `queue_full` with `Retry-After` when "
-    "more than `TAESAR_MICROBATCH_MAX_QUEUED_SEQUENCES` sequences already wait for the model.",
+    "more than `TAESAR_MICROBATCH_MAX_QUEUED_SEQUENCES` sequences or `TAESAR_MICROBATCH_MAX_QUEUED_COST` "
+    "cost units (items; explanations weigh more) already wait for the model, or when the caller's API key "
+    "already holds `TAESAR_MICROBATCH_KEY_SHARE` of that cost. Calls of different API keys take turns.",
+    openapi_extra=_REQUEST_OPENAPI,
     responses={
         200: {"content": {"application/json": {"example": _RESPONSE_EXAMPLE}}},
         **error_responses(
@@ -134,6 +167,7 @@ def render(engine: Engine, body: RegenerateRequest, results: list[Any]) -> tuple
             "unknown_model",
             "payload_too_large",
             "unsupported_media_type",
+            "body_timeout",
             "validation_error",
             "unknown_item",
             "unknown_domain",
@@ -143,22 +177,22 @@ def render(engine: Engine, body: RegenerateRequest, results: list[Any]) -> tuple
     },
 )
 async def regenerate_sequences(
-    body: Annotated[RegenerateRequest, Body(openapi_examples=_REQUEST_EXAMPLES)],
-    engines: EnginesDep,
-    settings: SettingsDep,
+    request: Request, engines: EnginesDep, settings: SettingsDep, caller: CallerDep
 ) -> Response:
-    check_limits(body, settings)
+    body = await read_request(request, settings)  # the sequence and item caps are checked as it parses
     options = decode_options(body.options)
     engine = engines.get(body.model)
     engine.catalogue.domain_index(body.target_domain)  # 422 unknown_domain before waiting for a thread
     with metrics.DECODE_INFLIGHT.track_inprogress():
-        content, totals = await engines.regenerate(
+        decoded = engines.regenerate(
             engine,
             body.target_domain,
             options,
             [s.items for s in body.sequences],
             unknown_items=body.options.unknown_items,
             finish=functools.partial(render, engine, body),
+            owner=caller,
         )
+        content, totals = await unless_disconnected(request.receive, decoded)
     metrics.observe_decisions("sync", engine.name, body.target_domain, len(body.sequences), totals)
     return Response(content, media_type="application/json")
