@@ -184,7 +184,8 @@ def child_load(data_dir: Path, batches: bool) -> dict[str, Any]:
 
 def _batches(train: list[np.ndarray], max_len: int, batch_size: int = 128) -> dict[str, Any]:
     """pretrain's data side without the model: rows, length buckets, one epoch of padded batches."""
-    from models.pretrain import length_buckets, mixed_rows
+    from models.pretrain import mixed_rows
+    from models.training import length_buckets
 
     t = time.perf_counter()
     rows = mixed_rows(train, max_len)

@@ -45,7 +45,7 @@ from models.downstream import BACKBONES, DownstreamConfig, eval_set, next_item_r
 from models.errors import DataError
 from models.metrics import hit_at_k, mrr_at_k, ndcg_at_k
 from models.output import RecboleWriter, safe_file_name
-from models.pretrain import EvalSet
+from models.training import EvalSet
 
 __all__ = [
     "ABLATIONS",
