@@ -1,4 +1,4 @@
-"""Downstream single-domain recommenders that judge a training set (issue 5, METHOD.md §4).
+"""Downstream single-domain recommenders that judge a training set (METHOD.md §4).
 
 Two backbones, SASRec (models/sasrec.py) and GRU4Rec (below), trained the standard
 way: sequence-to-sequence next-item cross-entropy with a full softmax over a span of
