@@ -169,7 +169,7 @@ def expert_rows(train_seqs: Sequence[np.ndarray], max_len: int, start: int, end:
     return build_rows(train_seqs, max_len, targets_of)
 
 
-# -- distributed training -------------------------------------------------------------
+# -- how a phase trains: through DDP or not, within the step cap ----------------------
 
 
 def _wrap(model: SASRec, device: torch.device, dist: Dist | None) -> Callable[[torch.Tensor], torch.Tensor]:
