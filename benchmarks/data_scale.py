@@ -15,7 +15,8 @@ Each size runs in a fresh child process that does what `taesar data import` does
 reading the peak resident memory (VmHWM) after each; the child's whole peak comes
 from wait4. A second child loads the saved dataset as `taesar pretrain` does
 first; with --batches it goes on to build pretrain's training rows and pad one
-epoch of batches (models/pretrain.py's data side, without a model). `--code DIR`
+epoch of batches (the data side of models/pretrain.py and models/training.py, without
+a model). `--code DIR`
 puts DIR first on the children's import path, to measure another checkout of the
 same code. Printed as a table ("B/row": peak above the child's size after its
 imports, per input row) and written as JSON (--out), with least-squares lines
@@ -184,7 +185,8 @@ def child_load(data_dir: Path, batches: bool) -> dict[str, Any]:
 
 def _batches(train: list[np.ndarray], max_len: int, batch_size: int = 128) -> dict[str, Any]:
     """pretrain's data side without the model: rows, length buckets, one epoch of padded batches."""
-    from models.pretrain import length_buckets, mixed_rows
+    from models.pretrain import mixed_rows
+    from models.training import length_buckets
 
     t = time.perf_counter()
     rows = mixed_rows(train, max_len)

@@ -79,9 +79,9 @@ def _reset_peak_rss() -> bool:
 def run_step(path: str, items: int, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from models import pretrain as pt
     from models.losses import LOGIT_BYTES, budget_bytes, chunk_shape
     from models.sasrec import SASRec, SASRecConfig
+    from models.training import batch_loss
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -95,7 +95,7 @@ def run_step(path: str, items: int, args: argparse.Namespace) -> dict[str, Any]:
     reset = _reset_peak_rss()
     base = _peak_rss_mb()
     started = time.perf_counter()
-    loss = pt.batch_loss(model, tokens, targets, 0, items, budget)
+    loss = batch_loss(model, tokens, targets, 0, items, budget)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

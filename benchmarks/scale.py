@@ -39,8 +39,9 @@ from models.bundle import load_bundle
 from models.data import PrepConfig, load_dataset, prepare, save_dataset, train_part
 from models.decoding import Regenerator
 from models.importers import read_interactions
-from models.pretrain import TrainConfig, pretrain, resolve_device
+from models.pretrain import TrainConfig, pretrain
 from models.sasrec import SASRecConfig
+from models.training import resolve_device
 
 K_CORE = 3
 

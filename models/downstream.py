@@ -1,4 +1,4 @@
-"""Downstream single-domain recommenders that judge a training set (issue 5, METHOD.md §4).
+"""Downstream single-domain recommenders that judge a training set (METHOD.md §4).
 
 Two backbones, SASRec (models/sasrec.py) and GRU4Rec (below), trained the standard
 way: sequence-to-sequence next-item cross-entropy with a full softmax over a span of
@@ -7,7 +7,7 @@ Models keep the catalogue's dense ids (V embeddings) so that one code path serve
 the target-only sets (softmax over the target's span) and the mixed `full` set
 (softmax over all V items, scores restricted to the target's span at evaluation).
 
-The loop is pretrain.py's: rows bucketed by length, logits only at positions with
+The loop is training.py's, shared with Stage I: rows bucketed by length, logits only at positions with
 a target, evaluation under inference_mode. Everything is seeded, so the same
 training set, config and seed give the same numbers.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -26,11 +26,13 @@ from torch import nn
 
 from models.losses import DEFAULT_LOGITS_BUDGET_MB, LOGIT_BYTES, budget_bytes, check_budget_mb
 from models.metrics import SCORE_BYTES, summarize
-from models.pretrain import (
+from models.sasrec import PAD, SASRec, SASRecConfig
+from models.training import (
     SELECT_METRIC,
+    EarlyStop,
     EvalSet,
+    ProgressFn,
     Rows,
-    _EarlyStop,
     build_rows,
     last_hidden,
     ranks_in_span,
@@ -38,7 +40,6 @@ from models.pretrain import (
     seed_everything,
     train_epoch,
 )
-from models.sasrec import PAD, SASRec, SASRecConfig
 
 __all__ = [
     "BACKBONES",
@@ -55,8 +56,6 @@ __all__ = [
 
 Backbone = Literal["sasrec", "gru4rec"]
 BACKBONES: tuple[str, ...] = ("sasrec", "gru4rec")
-# (phase, epoch, max epochs, info), as pretrain.ProgressFn
-ProgressFn = Callable[[str, int, int, dict], None]
 
 
 # -- GRU4Rec ---------------------------------------------------------------------------
@@ -223,7 +222,9 @@ def rank_points(
     return ranks_in_span(model, hidden, points.targets, *span, budget_mb)
 
 
-def train_downstream(
+# past the data every argument is keyword-only and names one fact of the training, which
+# reads better at the call than a bundle of them would
+def train_downstream(  # noqa: PLR0913
     rows: Rows,
     valid: EvalSet,
     test: EvalSet,
@@ -245,7 +246,7 @@ def train_downstream(
     model = build_model(backbone, n_items, cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     rng = np.random.default_rng([seed, 1])
-    stop, history, epoch = _EarlyStop(cfg.patience), [], 0
+    stop, history, epoch = EarlyStop(cfg.patience), [], 0
     for epoch in range(1, cfg.epochs + 1):
         loss = train_epoch(model, opt, rows, train_span, cfg, rng, device) if rows.inputs else float("nan")  # type: ignore[arg-type]
         ranks = rank_points(model, valid, eval_span, cfg.eval_batch_size, device, cfg.logits_budget_mb)

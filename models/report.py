@@ -1,4 +1,4 @@
-"""Writes an evaluation (models/evaluation.py) as report.json, report.md and PNG figures.
+"""Writes an evaluation (models/evaluation/) as report.json, report.md and PNG figures.
 
     report.json   the data: protocol, per-target info, flat `results`, `summary`
     ranks.npz     every test rank per (target, backbone, variant, seed), for re-analysis

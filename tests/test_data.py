@@ -374,7 +374,7 @@ def test_files_and_frames_of_any_dtype_give_the_same_dataset(tmp_path: Path, see
 
 @pytest.mark.parametrize("seed", range(4))
 def test_a_categorical_is_factorized_like_its_text(seed: int) -> None:
-    from models.data import _factorize
+    from models.data.prepare import _factorize
 
     rng = np.random.default_rng(seed)
     pool = np.array(["007", "7", 7, "ü", "a", 3.0, "3.0", "3", " 3"], dtype=object)
@@ -387,7 +387,7 @@ def test_a_categorical_is_factorized_like_its_text(seed: int) -> None:
 
 
 def test_preparation_works_on_small_integer_codes(tmp_path: Path) -> None:
-    from models.data import _encode
+    from models.data.prepare import _encode
 
     odd_log(0).to_csv(tmp_path / "log.csv", index=False)
     log = _encode(read_interactions(tmp_path / "log.csv"), None)
@@ -405,13 +405,13 @@ def test_sequences_are_written_and_read_one_row_group_at_a_time(
 ) -> None:
     import pyarrow.parquet as pq
 
-    from models import data
+    from models.data import storage
 
-    monkeypatch.setattr(data, "_ROW_GROUP_USERS", 1)
+    monkeypatch.setattr(storage, "_ROW_GROUP_USERS", 1)
     out = save_dataset(small, tmp_path / "ds")
     assert pq.ParquetFile(out / "sequences.parquet").metadata.num_row_groups == 2
     assert_same(small, load_dataset(out))
     # a file of one row group of all users (what pq.write_table gives) reads the same
-    pq.write_table(data._sequence_table(small.user_ids, small.sequences), tmp_path / "one.parquet")
-    ids, seqs = data._read_sequences(tmp_path / "one.parquet")
+    pq.write_table(storage._sequence_table(small.user_ids, small.sequences), tmp_path / "one.parquet")
+    ids, seqs = storage._read_sequences(tmp_path / "one.parquet")
     assert ids == small.user_ids and [s.tolist() for s in seqs] == [s.tolist() for s in small.sequences]

@@ -16,7 +16,7 @@ from models.downstream import (
     rank_points,
     train_downstream,
 )
-from models.pretrain import EvalSet
+from models.training import EvalSet
 
 FAST = DownstreamConfig(epochs=8, patience=8, lr=1e-2, batch_size=16, max_len=12, hidden=16, n_layers=1)
 

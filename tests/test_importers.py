@@ -13,7 +13,9 @@ from models.importers import (
     ML100K_DOMAINS,
     ML100K_GENRE_DOMAINS,
     ML100K_GENRES,
+    columns,
     fetch_recbole_wheel,
+    files,
     read_interactions,
     read_ml100k_grouplens,
     read_ml100k_recbole,
@@ -193,7 +195,7 @@ def test_two_options_naming_one_column_are_rejected(tmp_path: Path) -> None:
 def test_cached_wheel_is_used_without_running_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     wheel = tmp_path / "recbole-1.2.1-py3-none-any.whl"
     wheel.write_bytes(b"x")
-    monkeypatch.setattr(importers.subprocess, "run", lambda *a, **k: pytest.fail("pip ran"))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("pip ran"))
     assert fetch_recbole_wheel(tmp_path) == wheel
 
 
@@ -202,7 +204,7 @@ def test_pip_failure_reports_its_last_stderr_line(tmp_path: Path, monkeypatch: p
         assert cmd[1:5] == ["-m", "pip", "download", "recbole==1.2.1"] and "--no-deps" in cmd
         return subprocess.CompletedProcess(cmd, 1, "", "Looking in indexes\nERROR: No matching distribution\n\n")
 
-    monkeypatch.setattr(importers.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     with pytest.raises(
         DataError, match=r"pip could not download recbole==1\.2\.1 .*: ERROR: No matching distribution$"
     ):
@@ -214,7 +216,7 @@ def test_downloaded_wheel_is_returned(tmp_path: Path, monkeypatch: pytest.Monkey
         (Path(cmd[-1]) / "recbole-1.2.1-py3-none-any.whl").write_bytes(b"x")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(importers.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     assert fetch_recbole_wheel(tmp_path / "c").name == "recbole-1.2.1-py3-none-any.whl"
 
 
@@ -372,11 +374,12 @@ def test_movielens_frames_are_columnar_too(tmp_path: Path) -> None:
 def tiny_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """About one line per text block, a few rows per Parquet batch, dictionaries merged often,
     and a row estimate far too low, so columns grow in many segments."""
-    monkeypatch.setattr(importers, "_TEXT_BLOCK_BYTES", 8)
-    monkeypatch.setattr(importers, "_BATCH_ROWS", 3)
-    monkeypatch.setattr(importers, "_MERGE_VALUES", 4)
-    monkeypatch.setattr(importers, "_MERGE_ROWS", 5)
-    monkeypatch.setattr(importers, "_estimate_text_rows", lambda path: 1)
+    monkeypatch.setattr(files, "_TEXT_BLOCK_BYTES", 8)
+    monkeypatch.setattr(files, "_BATCH_ROWS", 3)
+    monkeypatch.setattr(columns, "_MIN_SEGMENT_ROWS", 3)
+    monkeypatch.setattr(columns, "_MERGE_VALUES", 4)
+    monkeypatch.setattr(columns, "_MERGE_ROWS", 5)
+    monkeypatch.setattr(files, "_estimate_text_rows", lambda path: 1)
 
 
 @pytest.mark.parametrize("name", ["log.csv", "log.parquet"])
@@ -452,8 +455,8 @@ def test_the_row_count_of_a_text_log_is_estimated_from_a_sample(tmp_path: Path, 
         {"user_id": [f"u{k % 997}" for k in range(n)], "item_id": range(n), "domain": "A", "timestamp": 1}
     )
     path = write_log(big, tmp_path / name)
-    assert abs(importers._estimate_text_rows(path) - n) < 0.1 * n
-    assert importers._estimate_text_rows(write_log(LOG, tmp_path / "small.csv")) == len(LOG)
+    assert abs(files._estimate_text_rows(path) - n) < 0.1 * n
+    assert files._estimate_text_rows(write_log(LOG, tmp_path / "small.csv")) == len(LOG)
 
 
 @pytest.mark.parametrize("name", ["log.csv", "log.parquet"])
@@ -462,8 +465,8 @@ def test_a_log_too_large_for_the_memory_is_refused_before_reading(
 ) -> None:
     path = write_log(LOG, tmp_path / name)
     need = importers.IMPORT_WORK_BYTES + importers.IMPORT_BYTES_PER_ROW * len(LOG)
-    monkeypatch.setattr(importers, "_available_memory", lambda: need - 1)
-    monkeypatch.setattr(importers, "_frame", lambda *a, **k: pytest.fail("the log was read"))
+    monkeypatch.setattr(files, "_available_memory", lambda: need - 1)
+    monkeypatch.setattr(files, "_frame", lambda *a, **k: pytest.fail("the log was read"))
     with pytest.raises(DataError) as info:
         read_interactions(path)
     msg = str(info.value)
@@ -475,7 +478,7 @@ def test_a_log_too_large_for_the_memory_is_refused_before_reading(
 
 def test_a_log_that_fits_is_not_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     need = importers.IMPORT_WORK_BYTES + importers.IMPORT_BYTES_PER_ROW * len(LOG)
-    monkeypatch.setattr(importers, "_available_memory", lambda: need)
+    monkeypatch.setattr(files, "_available_memory", lambda: need)
     assert len(read_interactions(write_log(LOG, tmp_path / "log.csv"))) == 4
 
 
@@ -484,7 +487,7 @@ def test_the_cli_refuses_a_too_large_log_with_one_error_line(tmp_path: Path, mon
 
     from app.cli import app
 
-    monkeypatch.setattr(importers, "_available_memory", lambda: 2**20)
+    monkeypatch.setattr(files, "_available_memory", lambda: 2**20)
     log = write_log(LOG, tmp_path / "log.csv")
     result = CliRunner().invoke(app, ["data", "import", "--interactions", str(log), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2

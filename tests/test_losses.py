@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models import pretrain as pt
 from models.bundle import read_manifest
 from models.catalogue import Catalogue
 from models.data import Dataset
@@ -31,6 +30,7 @@ from models.losses import (
 from models.metrics import rank_of_dot_targets, rank_of_targets
 from models.pretrain import PretrainResult, TrainConfig
 from models.sasrec import SASRec, SASRecConfig
+from models.training import batch_loss, ranks_in_span
 
 TINY_MODEL = {"max_len": 8, "hidden": 16, "n_layers": 1, "n_heads": 2, "inner": 16}
 F64_TOL = {"rtol": 1e-10, "atol": 1e-12}  # float64: the tiles only reorder sums
@@ -163,7 +163,7 @@ def _tiny_step(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
     which turns rounding noise in a near-zero gradient into a full-size step."""
     model = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    pt.batch_loss(model, *batch, 3, model.cfg.n_items, budget_mb).backward()
+    batch_loss(model, *batch, 3, model.cfg.n_items, budget_mb).backward()
     opt.step()
     return model
 
@@ -197,16 +197,16 @@ def test_a_batch_that_fits_takes_the_plain_cross_entropy_bit_for_bit() -> None:
     tokens, targets = torch.randint(1, 31, (3, 5)), torch.randint(-1, 30, (3, 5))
     live = targets >= 0
     want = F.cross_entropy(model.scores(model(tokens)[live]).float(), targets[live])
-    assert torch.equal(pt.batch_loss(model, tokens, targets, 0, 30), want)
+    assert torch.equal(batch_loss(model, tokens, targets, 0, 30), want)
     n = int(live.sum())
     exact = n * 30 * LOGIT_BYTES / 2**20
-    assert torch.equal(pt.batch_loss(model, tokens, targets, 0, 30, exact), want)
+    assert torch.equal(batch_loss(model, tokens, targets, 0, 30, exact), want)
 
 
 def test_an_absurdly_small_budget_fails_the_step_with_a_clear_error() -> None:
     model = SASRec(SASRecConfig(n_items=10, **TINY_MODEL))
     with pytest.raises(ValueError, match="cannot hold one"):
-        pt.batch_loss(model, torch.ones(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long), 0, 10, 1e-9)
+        batch_loss(model, torch.ones(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long), 0, 10, 1e-9)
 
 
 # -- the configs ------------------------------------------------------------------------
@@ -328,6 +328,6 @@ def test_ranks_in_span_is_the_same_under_any_budget() -> None:
     model = SASRec(SASRecConfig(n_items=50, **TINY_MODEL)).eval()
     hidden = torch.randn(37, TINY_MODEL["hidden"])
     targets = np.random.default_rng(0).integers(10, 45, size=37)
-    want = pt.ranks_in_span(model, hidden, targets, 10, 45)
+    want = ranks_in_span(model, hidden, targets, 10, 45)
     for budget_mb in (1e6, 200 * 5 / 2**20, 20 * 5 / 2**20, 5 / 2**20):  # whole, row tiles, square tiles, 1 x 1
-        np.testing.assert_array_equal(pt.ranks_in_span(model, hidden, targets, 10, 45, budget_mb), want)
+        np.testing.assert_array_equal(ranks_in_span(model, hidden, targets, 10, 45, budget_mb), want)

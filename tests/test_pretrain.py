@@ -14,13 +14,13 @@ from models.pretrain import (
     TrainConfig,
     expert_rows,
     fit_mixed,
-    length_buckets,
     make_eval_set,
     mixed_rows,
     next_in_domain,
     pretrain,
 )
 from models.sasrec import SASRec, SASRecConfig
+from models.training import batch_loss, length_buckets
 
 DOMAINS = ("Böcher", "home & garden", "x")
 
@@ -169,7 +169,7 @@ def test_expert_training_only_sees_the_domain_softmax() -> None:
     model = SASRec(mcfg)
     tokens = torch.tensor([[start + 1, end + 1, start + 2]])  # inputs: d, other, d (tokens = id + 1)
     targets = torch.tensor([[1, -1, -1]])  # column 1 of d's softmax
-    pt.batch_loss(model, tokens, targets, start, end).backward()
+    batch_loss(model, tokens, targets, start, end).backward()
     grad = model.item_emb.weight.grad  # (V + 1, H)
     unseen_other = end + 3  # token of an item outside d that is not an input
     assert grad[unseen_other].abs().sum() == 0

@@ -31,15 +31,8 @@ import torch
 
 from models.bundle import Bundle, load_bundle
 from models.data import load_dataset, train_part
-from models.pretrain import (
-    SELECT_METRIC,
-    EvalSet,
-    TrainConfig,
-    adapt_expert,
-    evaluate_domain,
-    expert_rows,
-    make_eval_set,
-)
+from models.pretrain import TrainConfig, adapt_expert, evaluate_domain, expert_rows, make_eval_set
+from models.training import SELECT_METRIC, EvalSet
 
 
 def _split(valid: EvalSet, span: tuple[int, int]) -> dict[str, EvalSet]:
