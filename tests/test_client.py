@@ -19,11 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
-import app.client as sdk
-from app._client_base import UPLOAD_CHUNK_BYTES, RetryPolicy
-from app._client_errors import ERROR_BY_CODE
-from app.client import AsyncTaesarClient, TaesarAPIError, TaesarClient
+import taesar_client as sdk
 from app.errors import STATUS_BY_CODE
+from taesar_client import AsyncTaesarClient, TaesarAPIError, TaesarClient
+from taesar_client._base import UPLOAD_CHUNK_BYTES, RetryPolicy
+from taesar_client.errors import ERROR_BY_CODE
 
 BASE = "http://taesar.test"
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -90,15 +90,23 @@ def client_for(recorder: Recorder, **kwargs: Any) -> tuple[TaesarClient, list[fl
 # -- import surface -----------------------------------------------------------------
 
 
-def test_sdk_imports_neither_torch_nor_models_nor_the_server_stack() -> None:
+def test_sdk_imports_neither_the_service_nor_torch_nor_the_server_stack() -> None:
     code = (
-        "import sys, app.client\n"
+        "import sys, taesar_client\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in "
-        "('torch', 'models', 'fastapi', 'starlette', 'celery', 'redis', 'numpy', 'pandas', 'workers')]\n"
+        "('app', 'torch', 'models', 'fastapi', 'starlette', 'celery', 'redis', 'numpy', 'pandas', 'workers')]\n"
         "assert not heavy, heavy\n"
-        "from app.client import TaesarClient, AsyncTaesarClient\n"
+        "from taesar_client import TaesarClient, AsyncTaesarClient\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_app_client_re_exports_the_sdk() -> None:
+    import app.client
+
+    assert app.client.__all__ == sdk.__all__
+    for name in sdk.__all__:
+        assert getattr(app.client, name) is getattr(sdk, name), name
 
 
 def test_sync_and_async_clients_have_the_same_public_methods() -> None:
