@@ -631,7 +631,7 @@ def live_api(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
     from app.main import create_app
     from app.settings import Settings
-    from tests.live_server import live_server
+    from tests.live_server import catalogue_sample, live_server
 
     model_dir = tmp_path_factory.mktemp("sdk-e2e") / "models"
     shutil.copytree(tiny_bundle, model_dir / "tiny")
@@ -646,13 +646,10 @@ def live_api(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "TAESAR_LOG_LEVEL": "WARNING",
     }
     settings = Settings(_env_file=None, **{k.removeprefix("TAESAR_").lower(): v for k, v in env.items()})
-    catalogue = json.loads((tiny_bundle / "manifest.json").read_text())["catalogue"]
-    domains, ids, offsets = catalogue["domains"], catalogue["item_ids"], catalogue["offsets"]
-    # two items of every domain, interleaved, so keep, replace and discard all get a chance
-    items = [ids[offsets[k] + j] for j in (0, 1) for k in range(len(domains))]
+    target, items = catalogue_sample(tiny_bundle)
     try:
         with live_server(create_app(settings)) as url:
-            yield LiveApi(url, env, target=domains[1], items=items)
+            yield LiveApi(url, env, target=target, items=items)
     finally:
         if redis_answers():
             import redis
