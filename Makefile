@@ -9,11 +9,14 @@ TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: setup demo test lint redis ml100k-wheel clean
 
-$(BIN)/taesar: pyproject.toml
+# The SDK (sdk/, distribution taesar-client) is installed next to the service: the
+# tests, the benchmarks and app.client use it.
+$(BIN)/taesar: pyproject.toml sdk/pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ./sdk
 	@touch $(BIN)/taesar
 
 setup: $(BIN)/taesar
@@ -30,9 +33,11 @@ redis:
 ml100k-wheel: setup
 	$(BIN)/python -c "from app.cli import DEFAULT_CACHE; from models.importers import fetch_recbole_wheel; print(fetch_recbole_wheel(DEFAULT_CACHE))"
 
+LINTED := app models workers tests benchmarks sdk
+
 lint: setup
-	$(BIN)/ruff check app models workers tests benchmarks
-	$(BIN)/ruff format --check app models workers tests benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 test: setup redis lint ml100k-wheel
 	$(BIN)/python -m pytest

@@ -1,7 +1,8 @@
-"""Request and response bodies of the HTTP API, shared with the SDK.
+"""Request and response bodies of the HTTP API.
 
-This module must not import torch or anything from `models/`: the SDK imports it
-on machines without the ML stack.
+The SDK (`sdk/`, `taesar_client.models`) has its own copy of these models, so that it
+needs neither this package nor torch; `tests/test_sdk_models.py` compares the two
+through the OpenAPI document.
 """
 
 from __future__ import annotations

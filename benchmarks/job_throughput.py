@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT))  # run as a plain script from a checkout
 
 import httpx  # noqa: E402
 
-from app.client import TaesarClient  # noqa: E402
 from benchmarks.regenerate_latency import first_bundle, in_process_server  # noqa: E402
+from taesar_client import TaesarClient  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from app.client import TaesarClient
     from app.settings import Settings
+    from taesar_client import TaesarClient
     from workers.celery_app import queue_name
 
     prefix = f"load-{uuid.uuid4().hex[:8]}"

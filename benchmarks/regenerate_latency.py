@@ -33,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a plain script from a checkout
 
-from app.client import TaesarClient  # noqa: E402
+from taesar_client import TaesarClient  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

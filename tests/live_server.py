@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -64,3 +65,11 @@ def celery_worker(env: Mapping[str, str], queue: str) -> Iterator[subprocess.Pop
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def catalogue_sample(bundle: Path) -> tuple[str, list[str]]:
+    """A target domain of `bundle` and a history of two items of every domain, interleaved,
+    so that keep, replace and discard all get a chance."""
+    catalogue = json.loads((bundle / "manifest.json").read_text())["catalogue"]
+    domains, ids, offsets = catalogue["domains"], catalogue["item_ids"], catalogue["offsets"]
+    return domains[1], [ids[offsets[k] + j] for j in (0, 1) for k in range(len(domains))]

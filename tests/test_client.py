@@ -1,6 +1,6 @@
-"""The SDK: unit tests against httpx.MockTransport (error mapping, retries,
-idempotency, streaming uploads), then end to end against a real uvicorn server, Redis
-and a Celery worker, running the examples of docs/service.md as written."""
+"""The SDK against httpx.MockTransport: import surface, error mapping, retries,
+idempotency, request and answer shapes, jobs, and the async client. Streaming uploads
+are in test_client_uploads.py, a real server in test_client_live.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import inspect
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
@@ -19,86 +18,33 @@ from typing import Any
 import httpx
 import pytest
 
-import app.client as sdk
-from app._client_base import UPLOAD_CHUNK_BYTES, RetryPolicy
-from app._client_errors import ERROR_BY_CODE
-from app.client import AsyncTaesarClient, TaesarAPIError, TaesarClient
+import taesar_client as sdk
 from app.errors import STATUS_BY_CODE
-
-BASE = "http://taesar.test"
-Handler = Callable[[httpx.Request], httpx.Response]
-
-
-def job_json(status: str = "queued", done: int = 0, total: int = 4, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": "j1",
-        "status": status,
-        "model": "tiny",
-        "target_domain": "drama",
-        "progress": {"done": done, "total": total},
-        "decisions": {"kept": done, "replaced": 0, "discarded": 0},
-        "created_at": "2026-01-01T00:00:00Z",
-        "links": {"self": "/jobs/j1", "results": "/jobs/j1/results"},
-        **extra,
-    }
-
-
-def regenerated_json(user: str = "u1") -> dict[str, Any]:
-    return {
-        "user_id": user,
-        "target_domain": "drama",
-        "sequence": ["a", "c"],
-        "decisions": [
-            {"position": 0, "item": "a", "domain": "drama", "action": "keep"},
-            {"position": 1, "item": "b", "domain": "comedy", "action": "replace", "replacement": "c"},
-        ],
-        "stats": {"kept": 1, "replaced": 1, "discarded": 0},
-    }
-
-
-def error(status: int, code: str, message: str = "nope", headers: dict[str, str] | None = None) -> httpx.Response:
-    body = {"error": {"code": code, "message": message, "details": {"why": code}}}
-    return httpx.Response(status, json=body, headers=headers)
-
-
-class Recorder:
-    """A MockTransport handler that replays scripted answers and records requests."""
-
-    def __init__(self, *answers: httpx.Response | Exception | Handler) -> None:
-        self.answers = list(answers)
-        self.requests: list[httpx.Request] = []
-        self.bodies: list[bytes] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-        if callable(answer) and not isinstance(answer, httpx.Response):
-            return answer(request)
-        self.bodies.append(request.read())
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-
-def client_for(recorder: Recorder, **kwargs: Any) -> tuple[TaesarClient, list[float]]:
-    client = TaesarClient(BASE, transport=httpx.MockTransport(recorder), **kwargs)
-    sleeps: list[float] = []
-    client._sleep = sleeps.append
-    return client, sleeps
-
+from taesar_client import AsyncTaesarClient, TaesarAPIError, TaesarClient
+from taesar_client._base import RetryPolicy
+from taesar_client.errors import ERROR_BY_CODE
+from tests.sdk_support import BASE, Recorder, async_client_for, client_for, error, job_json, regenerated_json
 
 # -- import surface -----------------------------------------------------------------
 
 
-def test_sdk_imports_neither_torch_nor_models_nor_the_server_stack() -> None:
+def test_sdk_imports_neither_the_service_nor_torch_nor_the_server_stack() -> None:
     code = (
-        "import sys, app.client\n"
+        "import sys, taesar_client\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in "
-        "('torch', 'models', 'fastapi', 'starlette', 'celery', 'redis', 'numpy', 'pandas', 'workers')]\n"
+        "('app', 'torch', 'models', 'fastapi', 'starlette', 'celery', 'redis', 'numpy', 'pandas', 'workers')]\n"
         "assert not heavy, heavy\n"
-        "from app.client import TaesarClient, AsyncTaesarClient\n"
+        "from taesar_client import TaesarClient, AsyncTaesarClient\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_app_client_re_exports_the_sdk() -> None:
+    import app.client
+
+    assert app.client.__all__ == sdk.__all__
+    for name in sdk.__all__:
+        assert getattr(app.client, name) is getattr(sdk, name), name
 
 
 def test_sync_and_async_clients_have_the_same_public_methods() -> None:
@@ -316,114 +262,6 @@ def test_submit_job_with_a_list_sends_one_json_body() -> None:
     assert json.loads(recorder.bodies[0])["sequences"] == [{"items": ["a", "b"]}]
 
 
-def test_submit_job_with_a_list_over_one_mib_streams_gzip_ndjson_and_can_be_retried() -> None:
-    seqs = [{"user_id": f"u{i}", "items": [f"item-{i}-{j}" for j in range(20)]} for i in range(5000)]
-    assert len(json.dumps(seqs)) > 1 << 20
-    recorder = Recorder(
-        httpx.Response(503, json={"error": {"code": "redis_unavailable", "message": "m"}}),
-        httpx.Response(202, json=job_json()),
-    )
-    client, _ = client_for(recorder)
-    client.submit_job("drama", seqs, model="tiny", idempotency_key="k")
-    assert len(recorder.requests) == 2  # the 503 was retried with the same body
-    for request, body in zip(recorder.requests, recorder.bodies, strict=True):
-        assert request.headers["Content-Type"] == "application/x-ndjson"
-        assert request.headers["Content-Encoding"] == "gzip"
-        assert request.url.params["target_domain"] == "drama" and request.url.params["model"] == "tiny"
-        lines = gzip.decompress(body).decode().splitlines()
-        assert [json.loads(x) for x in lines] == seqs
-
-
-# -- streaming uploads --------------------------------------------------------------
-
-
-class LazyTransport(httpx.BaseTransport):
-    """Like MockTransport, but hands the handler the body unread (MockTransport reads it first)."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self.handler(request)
-
-
-def many_sequences(n: int, consumed: list[int]) -> Iterator[dict[str, Any]]:
-    for i in range(n):
-        consumed[0] = i + 1
-        yield {"user_id": f"u{i}", "items": [f"i{i}", f"i{i + 1}", "x" * 20]}
-
-
-def test_an_iterator_is_streamed_as_gzip_ndjson_without_being_held_in_memory() -> None:
-    n, consumed, seen_when_first_chunk = 30_000, [0], []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        chunks = []
-        for chunk in request.stream:  # type: ignore[union-attr]
-            if not chunks:
-                seen_when_first_chunk.append(consumed[0])
-            chunks.append(chunk)
-        lines = gzip.decompress(b"".join(chunks)).splitlines()
-        assert len(lines) == n and json.loads(lines[-1])["user_id"] == f"u{n - 1}"
-        return httpx.Response(202, json=job_json(total=n))
-
-    recorder = Recorder(handler)
-    client = TaesarClient(BASE, transport=LazyTransport(recorder))
-    assert client.submit_job("drama", many_sequences(n, consumed), model="tiny").progress.total == n
-    request = recorder.requests[0]
-    assert request.headers["Content-Type"] == "application/x-ndjson"
-    assert request.headers["Content-Encoding"] == "gzip"
-    assert "content-length" not in request.headers  # chunked: the size is never known up front
-    assert request.url.params["target_domain"] == "drama" and request.url.params["model"] == "tiny"
-    assert seen_when_first_chunk[0] < n  # the first chunk left before the iterator was drained
-
-
-def test_a_jsonl_file_is_compressed_on_the_fly(tmp_path: Path) -> None:
-    path = tmp_path / "users.jsonl"
-    text = "".join(json.dumps({"user_id": f"u{i}", "items": [str(i)]}) + "\n" for i in range(50_000))
-    path.write_text(text)
-    recorder = Recorder(httpx.Response(202, json=job_json()))
-    client, _ = client_for(recorder)
-    client.submit_job("drama", path)
-    assert gzip.decompress(recorder.bodies[0]).decode() == text
-    assert len(recorder.bodies[0]) < path.stat().st_size  # really compressed
-
-
-def test_a_gzip_file_is_uploaded_byte_for_byte(tmp_path: Path) -> None:
-    path = tmp_path / "users.jsonl.gz"
-    path.write_bytes(gzip.compress(b'{"items": ["a"]}\n' * (UPLOAD_CHUNK_BYTES // 8)))
-    recorder = Recorder(httpx.Response(202, json=job_json()))
-    client, _ = client_for(recorder)
-    client.submit_job("drama", str(path))
-    assert recorder.bodies[0] == path.read_bytes()
-
-
-def test_a_file_upload_is_replayed_in_full_on_retry(tmp_path: Path) -> None:
-    path = tmp_path / "users.jsonl"
-    path.write_text('{"items": ["a"]}\n{"items": ["b"]}\n')
-    recorder = Recorder(error(503, "redis_unavailable"), httpx.Response(202, json=job_json()))
-    client, _ = client_for(recorder)
-    client.submit_job("drama", path)
-    assert len(recorder.bodies) == 2
-    assert gzip.decompress(recorder.bodies[0]) == gzip.decompress(recorder.bodies[1]) == path.read_bytes()
-
-
-def test_a_consumed_iterator_is_not_retried_because_it_cannot_be_replayed() -> None:
-    recorder = Recorder(error(429, "queue_full", headers={"Retry-After": "7"}), httpx.Response(202, json=job_json()))
-    client, _ = client_for(recorder)
-    with pytest.raises(sdk.QueueFullError) as info:
-        client.submit_job("drama", iter([["a"], ["b"]]))
-    assert len(recorder.requests) == 1
-    assert info.value.retry_after == 7.0  # the caller can wait and resubmit from its source
-
-
-def test_a_missing_file_fails_before_anything_is_sent(tmp_path: Path) -> None:
-    recorder = Recorder(httpx.Response(202, json=job_json()))
-    client, _ = client_for(recorder)
-    with pytest.raises(FileNotFoundError):
-        client.submit_job("drama", tmp_path / "nope.jsonl")
-    assert recorder.requests == []
-
-
 # -- jobs: waiting, results, cancel -------------------------------------------------
 
 
@@ -517,17 +355,6 @@ def test_ready_raises_other_503s() -> None:
 # -- async --------------------------------------------------------------------------
 
 
-def async_client_for(handler: Any, **kwargs: Any) -> tuple[AsyncTaesarClient, list[float]]:
-    client = AsyncTaesarClient(BASE, transport=httpx.MockTransport(handler), **kwargs)
-    sleeps: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-
-    client._sleep = sleep
-    return client, sleeps
-
-
 def test_async_client_retries_and_maps_errors_like_the_sync_one() -> None:
     recorder = Recorder(error(429, "queue_full", headers={"Retry-After": "1"}), error(422, "unknown_domain"))
 
@@ -583,174 +410,3 @@ def test_a_409_without_an_idempotency_key_is_not_retried() -> None:
     with pytest.raises(sdk.JobNotFinishedError):
         list(client.iter_results("j1"))
     assert sleeps == []
-
-
-# -- end to end: real server, real Redis, real worker -------------------------------
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-API_KEY = "sdk-e2e-key"
-SERVICE_DOC = Path(__file__).resolve().parents[1] / "docs" / "service.md"
-
-
-def documented_examples() -> list[str]:
-    """The ```python blocks of docs/service.md: [online example, bulk example]."""
-    import re
-
-    blocks = re.findall(r"^```python\n(.*?)^```", SERVICE_DOC.read_text(), flags=re.S | re.M)
-    assert len(blocks) == 2, f"docs/service.md should hold 2 python examples, found {len(blocks)}"
-    return blocks
-
-
-def redis_answers() -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-class LiveApi:
-    def __init__(self, url: str, env: dict[str, str], target: str, items: list[str]) -> None:
-        self.url, self.env, self.target, self.items = url, env, target, items
-        self.queue = f"{env['TAESAR_KEY_PREFIX']}.chunks"
-
-
-@pytest.fixture(scope="module")
-def live_api(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
-    import shutil
-    import uuid
-
-    from app.main import create_app
-    from app.settings import Settings
-    from tests.live_server import live_server
-
-    model_dir = tmp_path_factory.mktemp("sdk-e2e") / "models"
-    shutil.copytree(tiny_bundle, model_dir / "tiny")
-    prefix = f"test-sdk-{uuid.uuid4().hex[:8]}"
-    env = {
-        "TAESAR_MODEL_DIR": str(model_dir),
-        "TAESAR_REDIS_URL": REDIS_URL,
-        "TAESAR_KEY_PREFIX": prefix,
-        "TAESAR_DEVICE": "cpu",
-        "TAESAR_API_KEYS": API_KEY,
-        "TAESAR_CHUNK_SIZE": "200",
-        "TAESAR_LOG_LEVEL": "WARNING",
-    }
-    settings = Settings(_env_file=None, **{k.removeprefix("TAESAR_").lower(): v for k, v in env.items()})
-    catalogue = json.loads((tiny_bundle / "manifest.json").read_text())["catalogue"]
-    domains, ids, offsets = catalogue["domains"], catalogue["item_ids"], catalogue["offsets"]
-    # two items of every domain, interleaved, so keep, replace and discard all get a chance
-    items = [ids[offsets[k] + j] for j in (0, 1) for k in range(len(domains))]
-    try:
-        with live_server(create_app(settings)) as url:
-            yield LiveApi(url, env, target=domains[1], items=items)
-    finally:
-        if redis_answers():
-            import redis
-
-            r = redis.Redis.from_url(REDIS_URL)
-            for key in r.scan_iter(f"{prefix}*", count=1000):
-                r.delete(key)
-
-
-@pytest.fixture(scope="module")
-def worker(live_api: LiveApi) -> Iterator[Any]:
-    if not redis_answers():
-        pytest.skip(f"no Redis answers at {REDIS_URL}: jobs need one (.ci/run starts it)")
-    from tests.live_server import celery_worker
-
-    with celery_worker(live_api.env, live_api.queue) as proc:
-        yield proc
-
-
-@pytest.fixture
-def docs_env(live_api: LiveApi, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TAESAR_URL", live_api.url)
-    monkeypatch.setenv("TAESAR_API_KEY", API_KEY)
-    monkeypatch.setenv("TAESAR_TARGET", live_api.target)
-    monkeypatch.setenv("TAESAR_ITEMS", " ".join(live_api.items))
-
-
-@pytest.mark.slow
-def test_documented_online_example_runs_as_written(docs_env: None, capsys: pytest.CaptureFixture[str]) -> None:
-    exec(compile(documented_examples()[0], str(SERVICE_DOC), "exec"), {"__name__": "__docs__"})
-    out = capsys.readouterr().out
-    assert "tiny [" in out and "regenerated:" in out
-    assert "refused: unknown_item" in out
-
-
-@pytest.mark.slow
-def test_documented_bulk_example_runs_through_redis_and_a_worker(
-    docs_env: None, worker: Any, capsys: pytest.CaptureFixture[str]
-) -> None:
-    exec(compile(documented_examples()[1], str(SERVICE_DOC), "exec"), {"__name__": "__docs__"})
-    out = capsys.readouterr().out
-    assert "done: 1000 sequences" in out and "kept items:" in out
-    assert worker.poll() is None, "the worker died"
-
-
-@pytest.mark.slow
-def test_sdk_against_a_real_server_returns_typed_results_and_typed_errors(live_api: LiveApi) -> None:
-    with TaesarClient(live_api.url, api_key=API_KEY) as client:
-        assert client.health().status == "ok"
-        assert client.ready().models == ["tiny"]
-        assert [m.name for m in client.list_models()] == ["tiny"]
-        out = client.regenerate(live_api.target, [live_api.items, {"user_id": "u7", "items": live_api.items}])
-        assert isinstance(out, sdk.RegenerateResponse) and out.model == "tiny"
-        assert [len(r.decisions) for r in out.results] == [len(live_api.items)] * 2
-        assert out.results[1].user_id == "u7"
-        with pytest.raises(sdk.UnknownDomainError):
-            client.regenerate("no such domain", [live_api.items])
-        with pytest.raises(sdk.UnknownModelError):
-            client.regenerate(live_api.target, [live_api.items], model="nope")
-        with pytest.raises(sdk.JobNotFoundError):
-            client.get_job("no-such-job")
-    with TaesarClient(live_api.url, api_key="wrong") as client, pytest.raises(sdk.UnauthorizedError):
-        client.list_models()
-
-
-@pytest.mark.slow
-def test_async_sdk_against_a_real_server(live_api: LiveApi) -> None:
-    async def main() -> sdk.RegenerateResponse:
-        async with AsyncTaesarClient(live_api.url, api_key=API_KEY) as client:
-            assert [m.name for m in await client.list_models()] == ["tiny"]
-            return await client.regenerate(live_api.target, [live_api.items], explain=True)
-
-    out = asyncio.run(main())
-    # the first item has no context to score it; later ones carry their candidates
-    assert any(d.explain is not None for d in out.results[0].decisions)
-
-
-@pytest.mark.slow
-def test_a_gzip_file_job_is_deduplicated_and_its_results_stream_back_in_order(
-    live_api: LiveApi, worker: Any, tmp_path: Path
-) -> None:
-    n = 450  # three chunks of 200, the last one short
-    path = tmp_path / "users.jsonl.gz"
-    with gzip.open(path, "wt") as f:
-        for i in range(n):
-            f.write(json.dumps({"user_id": f"u{i:04d}", "items": live_api.items[i % 4 :]}) + "\n")
-    with TaesarClient(live_api.url, api_key=API_KEY) as client:
-        job = client.submit_job(live_api.target, path, idempotency_key=f"file-{path.stat().st_mtime_ns}")
-        again = client.submit_job(live_api.target, path, idempotency_key=f"file-{path.stat().st_mtime_ns}")
-        assert again.id == job.id and job.progress.total == n
-        seen: list[int] = []
-        done = client.wait_for_job(
-            job.id, poll_interval=0.2, timeout=180, on_progress=lambda j: seen.append(j.progress.done)
-        )
-        assert done.status == sdk.JobStatus.succeeded and seen[-1] == n
-        assert seen == sorted(seen)
-        results = list(client.iter_results(job.id))
-        assert [r.user_id for r in results] == [f"u{i:04d}" for i in range(n)]
-        assert sum(r.stats.kept + r.stats.replaced + r.stats.discarded for r in results) == sum(
-            len(live_api.items[i % 4 :]) for i in range(n)
-        )
-        recbole = list(client.iter_results(job.id, format="recbole"))
-        assert recbole[0] == "user_id:token\titem_id_list:token_seq\titem_id:token"
-        assert client.cancel_job(job.id).status == sdk.JobStatus.succeeded
-
-
-def test_the_readme_carries_the_executed_sdk_example_verbatim() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert f"```python\n{documented_examples()[0]}```" in readme

@@ -1,9 +1,9 @@
 """The SDK's exceptions: one root, one class per HTTP status family, one per error code.
 
-The server answers every error as {"error": {"code", "message", "details"}} with the
-codes of `app.errors.STATUS_BY_CODE`; this module mirrors that table (a test keeps
-them in step) without importing it, so the SDK stays a leaf. Catch a status family
-(`NotFoundError`) to handle every code that shares it, or one code (`UnknownModelError`).
+The server answers every error as {"error": {"code", "message", "details"}}; this
+module has one class for each code the server can send (the service's test suite
+keeps the two tables in step). Catch a status family (`NotFoundError`) to handle every
+code that shares it, or one code (`UnknownModelError`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 if TYPE_CHECKING:
-    from app.schemas import JobInfo
+    from taesar_client.models import JobInfo
 
 
 class TaesarAPIError(Exception):

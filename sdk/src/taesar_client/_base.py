@@ -19,10 +19,9 @@ from typing import Any, Literal
 
 import httpx
 
-from app._client_errors import parse_retry_after
-from app.schemas import Ablations, RegenerateOptions, SequenceIn
-
-__version__ = "0.1.0"
+from taesar_client._version import __version__
+from taesar_client.errors import parse_retry_after
+from taesar_client.models import Ablations, RegenerateOptions, SequenceIn
 
 DEFAULT_TIMEOUT = 30.0
 RETRY_STATUSES = frozenset({429, 503})
@@ -142,7 +141,7 @@ def options_dict(
     unknown_items: UnknownItems = "error",
     ablations: Ablations | Mapping[str, bool] | Iterable[str] | None = None,
 ) -> dict[str, Any]:
-    """Validated here with the server's own model, so a typo fails before any upload."""
+    """Validated here with the request model, so a typo fails before any upload."""
     options = RegenerateOptions(
         explain=explain, explain_top_k=explain_top_k, unknown_items=unknown_items, ablations=_ablations(ablations)
     )
