@@ -31,9 +31,9 @@ redis:
 # The RecBole wheel that ships ml-100k, in the cache `taesar data ml100k` reads (one
 # 2 MB download, once): the real-data tests need it.
 ml100k-wheel: setup
-	$(BIN)/python -c "from app.cli import DEFAULT_CACHE; from models.importers import fetch_recbole_wheel; print(fetch_recbole_wheel(DEFAULT_CACHE))"
+	$(BIN)/python -c "from cli import DEFAULT_CACHE; from models.importers import fetch_recbole_wheel; print(fetch_recbole_wheel(DEFAULT_CACHE))"
 
-LINTED := app models workers tests benchmarks sdk
+LINTED := app cli models workers tests benchmarks sdk
 
 lint: setup
 	$(BIN)/ruff check $(LINTED)

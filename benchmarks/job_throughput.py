@@ -81,7 +81,7 @@ def write_input(args: argparse.Namespace, bundle: Path, path: Path) -> int:
 
 def run_cli(bundle: Path, target: str, device: str, src: Path, out: Path) -> float | str:
     """Seconds, or the CLI's error output when it failed (reported, not fatal)."""
-    cli = [sys.executable, "-c", "from app.cli import main; main()"]  # `taesar`, without needing it on PATH
+    cli = [sys.executable, "-c", "from cli import main; main()"]  # `taesar`, without needing it on PATH
     cmd = [*cli, "regenerate", "--bundle", str(bundle), "--target", target, "--input", str(src), "--out", str(out),
            "--device", device]  # fmt: skip
     started = time.perf_counter()

@@ -27,7 +27,7 @@ def real_wheel() -> Path:
     Without it the real-data tests skip with the command that fetches it; in CI
     (CI=true) a missing wheel is a failed setup step, never a silent skip.
     """
-    from app.cli import DEFAULT_CACHE
+    from cli import DEFAULT_CACHE
     from models.importers import cached_wheel
 
     wheel = cached_wheel(DEFAULT_CACHE)

@@ -118,7 +118,7 @@ def unknown_options(tokens: list[str]) -> list[str]:
     """What in one `taesar ...` call the CLI does not know: a subcommand or an option."""
     import typer.main
 
-    from app.cli import app
+    from cli import app
 
     cmd = typer.main.get_command(app)
     rest = tokens[1:]

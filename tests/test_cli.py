@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import app
+from cli import app
 from models.bundle import read_manifest
 from models.data import load_dataset, train_part
 from models.decoding import min_memory_budget_mb
@@ -79,7 +79,7 @@ def test_unknown_items_fail_by_default_and_leave_no_output(trained: tuple[Path, 
     out = tmp_path / "out.jsonl"
     code, output = invoke("regenerate", "--bundle", bundle, "--target", "z", "--input", src, "--out", out)
     assert code == 2
-    assert "unknown item 'nope' in sequence 1" in output
+    assert "unknown item 'nope' at position 1 of sequence 1" in output and "--unknown-items drop" in output
     assert not out.exists() and not list(tmp_path.glob(".*partial"))
 
     code, output = invoke(
@@ -232,7 +232,7 @@ def test_an_unknown_ablation_is_refused(trained: tuple[Path, Path], tmp_path: Pa
     code, output = invoke(
         "regenerate", "--bundle", bundle, "--target", "z", "--data", data, "--out", out, "--ablation", "bogus"
     )
-    assert code == 2 and "unknown ablation" in output
+    assert code == 2 and "Invalid value for '--ablation'" in output and "no_global" in output
 
 
 def test_pipeline_regenerates_the_chosen_targets_and_writes_a_summary(

@@ -184,7 +184,7 @@ def test_dockerfile_dependency_step_reads_the_dependencies_of_pyproject() -> Non
 def test_the_image_commands_exist_in_the_cli() -> None:
     from typer.testing import CliRunner
 
-    from app.cli import app
+    from cli import app
 
     runner = CliRunner()
     serve = runner.invoke(app, ["serve", "--help"])

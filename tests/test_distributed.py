@@ -15,7 +15,7 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 from typer.testing import CliRunner
 
-from app.cli import app
+from cli import app
 from models.bundle import read_manifest
 from models.data import load_dataset
 from models.distributed import Dist, all_sum, broadcast_flag, check_same_data, deal, gather_ranks, shard

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from app.cli import app
+from cli import app
 from models.catalogue import Catalogue
 from models.data import Dataset, load_dataset, train_part
 from models.decoding import DecodeOptions, Regenerator

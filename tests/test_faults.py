@@ -1,8 +1,8 @@
 """Faults with real processes: a worker SIGKILLed mid-job, the API process restarted
 mid-job, Redis killed and restarted, and a poisoned chunk.
 
-Workers and API servers run as the production commands (`python -m app.cli worker`,
-`python -m app.cli serve`) in subprocesses. Every test uses its own key prefix (which
+Workers and API servers run as the production commands (`python -m cli worker`,
+`python -m cli serve`) in subprocesses. Every test uses its own key prefix (which
 also names its Celery queue) on the shared Redis, and deletes only its own keys; the
 Redis-down test runs a private `redis-server` on a free port, never the shared one.
 
@@ -115,7 +115,7 @@ def service_env(model_dir: Path, prefix: str, redis_url: str = REDIS_URL, **extr
 @contextmanager
 def worker_process(env: dict[str, str], log: Path) -> Iterator[Proc]:
     """`taesar worker` (Celery, --pool solo); yields once it consumes and its model is loaded."""
-    w = Proc([sys.executable, "-m", "app.cli", "worker"], env, log)
+    w = Proc([sys.executable, "-m", "cli", "worker"], env, log)
     try:
         wait_until(lambda: _check_alive(w) and "worker_models_loaded" in w.text(), START_TIMEOUT_S, "worker start")
         yield w
@@ -126,7 +126,7 @@ def worker_process(env: dict[str, str], log: Path) -> Iterator[Proc]:
 @contextmanager
 def api_process(env: dict[str, str], port: int, log: Path) -> Iterator[Proc]:
     """`taesar serve` on `port`; yields once /readyz answers."""
-    api = Proc([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env, log)
+    api = Proc([sys.executable, "-m", "cli", "serve", "--port", str(port)], env, log)
     try:
         wait_until(lambda: _check_alive(api) and _ready(port), START_TIMEOUT_S, "API start")
         yield api
@@ -331,7 +331,7 @@ class LazyWorker:
     def start(self) -> None:
         """Start the process without waiting for it (overlap its start-up with other work)."""
         if self.proc is None:
-            self.proc = Proc([sys.executable, "-m", "app.cli", "worker"], self.env, self.log)
+            self.proc = Proc([sys.executable, "-m", "cli", "worker"], self.env, self.log)
 
     def ensure(self) -> Proc:
         self.start()

@@ -1,6 +1,6 @@
 """Hostile and abandoned uploads against a real `taesar serve` process.
 
-One API process (the production command, `python -m app.cli serve`) serves the module,
+One API process (the production command, `python -m cli serve`) serves the module,
 with short body timeouts and two upload slots so that each effect shows in seconds:
 
 - a 1 MB gzip that inflates to 1,000 MiB of blank lines, while /healthz is polled;

@@ -485,7 +485,7 @@ def test_a_log_that_fits_is_not_refused(tmp_path: Path, monkeypatch: pytest.Monk
 def test_the_cli_refuses_a_too_large_log_with_one_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from app.cli import app
+    from cli import app
 
     monkeypatch.setattr(files, "_available_memory", lambda: 2**20)
     log = write_log(LOG, tmp_path / "log.csv")

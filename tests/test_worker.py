@@ -298,7 +298,7 @@ def test_taesar_worker_gpus_starts_one_worker_per_gpu_and_sigterm_stops_them_all
         "OMP_NUM_THREADS": "1",
     }
     log = tmp_path / "workers.log"
-    cmd = [sys.executable, "-m", "app.cli", "worker", "--gpus", "7,9", "--loglevel", "INFO"]
+    cmd = [sys.executable, "-m", "cli", "worker", "--gpus", "7,9", "--loglevel", "INFO"]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1])
     try:

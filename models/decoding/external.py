@@ -26,13 +26,19 @@ def regenerate_external(
     (checked for all sequences before any decoding) or, with unknown_items="drop",
     are discarded with reason "unknown_item" and take no part in decoding."""
     if unknown_items == "error":
-        for k, seq in enumerate(sequences):
-            _encode(regenerator.catalogue, seq, k, strict=True)
+        check_known_items(regenerator.catalogue, sequences)
     return list(
         iter_regenerate_external(
             regenerator, sequences, target, unknown_items=unknown_items, options=options, on_progress=on_progress
         )
     )
+
+
+def check_known_items(catalogue: Catalogue, sequences: Iterable[Sequence[str | int]]) -> None:
+    """Raises UnknownItemError at the first item the catalogue does not know (its position
+    and sequence in the message and details); reads `sequences` once, decodes nothing."""
+    for k, seq in enumerate(sequences):
+        _encode(catalogue, seq, k, strict=True)
 
 
 def iter_regenerate_external(

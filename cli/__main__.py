@@ -1,0 +1,5 @@
+"""`python -m cli ...`: the same as `taesar ...`."""
+
+from cli import main
+
+main()
