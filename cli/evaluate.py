@@ -33,7 +33,7 @@ from cli.common import (
 from cli.distributed import launch, other_rank_exits
 from cli.progress import progress_bars
 from cli.regenerate import open_engine
-from cli.settings import EngineOptions, Runtime, runtime
+from cli.settings import EngineOptions, GlobalOptions, Runtime, runtime
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class Downstream:
 
 @user_errors
 def evaluate(
+    ctx: typer.Context,
     data: DataDir,
     target: Target,
     run: Annotated[Path, typer.Option("--out", help="folder for report.json, report.md, figures/")],
@@ -95,7 +96,7 @@ def evaluate(
     if other_rank_exits("evaluate", launch(), "runs on rank 0 only"):
         return
     downstream = Downstream(backbones, variants, seeds, seed, epochs, patience, lr, jobs, resume)
-    rt = runtime(EngineOptions(device, memory_budget_mb))
+    rt = runtime(EngineOptions(device, memory_budget_mb, threads=GlobalOptions.of(ctx).threads))
     evaluate_target(data, target, run, bundle, downstream, rt, holdout)
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from cli.common import DataDir, Device, HoldoutEval, MemoryBudgetMb, Target, Variants, chosen_variants, out, user_errors
 from cli.progress import progress_bars
 from cli.regenerate import open_engine
-from cli.settings import EngineOptions, Runtime, runtime
+from cli.settings import EngineOptions, GlobalOptions, Runtime, runtime
 
 export_app = typer.Typer(no_args_is_help=True, help="Export training sets for other frameworks.")
 
@@ -30,6 +30,7 @@ class RecBoleExport:
 @export_app.command("recbole")
 @user_errors
 def export_recbole(
+    ctx: typer.Context,
     data: DataDir,
     target: Target,
     out_dir: Annotated[Path, typer.Option("--out", help="folder to hold one RecBole dataset folder per variant")],
@@ -45,7 +46,14 @@ def export_recbole(
 ) -> None:
     """Write each training set with the shared valid/test points as RecBole atomic files (docs/recbole.md)."""
     what = RecBoleExport(variants, holdout, max_len, data_seed)
-    write_recbole_sets(data, target, out_dir, bundle, what, runtime(EngineOptions(device, memory_budget_mb)))
+    write_recbole_sets(
+        data,
+        target,
+        out_dir,
+        bundle,
+        what,
+        runtime(EngineOptions(device, memory_budget_mb, threads=GlobalOptions.of(ctx).threads)),
+    )
 
 
 def write_recbole_sets(

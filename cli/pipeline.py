@@ -31,7 +31,7 @@ from cli.common import (
 from cli.distributed import launch, other_rank_exits
 from cli.evaluate import Downstream, run_evaluation
 from cli.regenerate import Decoding, Output, Source, open_engine, print_counts, regenerate_to_file
-from cli.settings import EngineOptions, Runtime, runtime
+from cli.settings import EngineOptions, GlobalOptions, Runtime, runtime
 from cli.train import Training, run_pretrain
 
 
@@ -49,6 +49,7 @@ class Plan:
 
 @user_errors
 def pipeline(
+    ctx: typer.Context,
     data: DataDir,
     run: Annotated[Path, typer.Option("--out", help="run folder: bundle/, regenerated/, summary.json, report.*")],
     targets: Annotated[str | None, typer.Option(help="comma-separated target domains (default: all)")] = None,
@@ -81,7 +82,12 @@ def pipeline(
     plan = Plan(data, run, targets, holdout, bundle, evaluate)
     training = Training(epochs=epochs, adapt_epochs=adapt_epochs, seed=seed, max_steps=max_steps)
     downstream = Downstream(backbones, variants, seeds, seed, epochs, patience, lr, jobs, resume)
-    run_pipeline(plan, training, downstream, runtime(EngineOptions(device, memory_budget_mb)))
+    run_pipeline(
+        plan,
+        training,
+        downstream,
+        runtime(EngineOptions(device, memory_budget_mb, threads=GlobalOptions.of(ctx).threads)),
+    )
 
 
 def run_pipeline(plan: Plan, training: Training, downstream: Downstream, rt: Runtime) -> None:

@@ -13,7 +13,7 @@ from rich.table import Table
 from cli.choices import Ablation, OutputFormat, Split, UnknownItems
 from cli.common import Device, MemoryBudgetMb, Target, out, user_errors
 from cli.progress import ProgressCallback, progress_bars
-from cli.settings import EngineOptions, Runtime, runtime
+from cli.settings import EngineOptions, GlobalOptions, Runtime, runtime
 from models.errors import ConfigError, UnknownItemError
 
 Records = Callable[[], Iterator[tuple[str, list]]]
@@ -90,6 +90,7 @@ class Output:
 
 @user_errors
 def regenerate(
+    ctx: typer.Context,
     bundle: Annotated[Path, typer.Option(help="bundle folder written by `taesar pretrain`")],
     target: Target,
     out_file: Annotated[Path, typer.Option("--out", help="output file")],
@@ -121,7 +122,7 @@ def regenerate(
     """Stage II: rewrite every sequence into the target domain (keep / replace / discard)."""
     source = Source(data, input_file, split)
     decoding = Decoding(unknown_items, tuple(ablation or ()), drop_repeats)
-    rt = runtime(EngineOptions(device, memory_budget_mb, batch_size))
+    rt = runtime(EngineOptions(device, memory_budget_mb, batch_size, GlobalOptions.of(ctx).threads))
     regenerate_file(bundle, target, source, Output(out_file, fmt), decoding, rt)
 
 

@@ -13,7 +13,7 @@ import typer
 
 from cli.choices import LogLevel
 from cli.common import Device, user_errors
-from cli.settings import export_for_service, global_options
+from cli.settings import GlobalOptions, export_for_service
 from models.errors import TaesarError
 
 ModelDir = Annotated[
@@ -33,6 +33,7 @@ RedisUrl = Annotated[
 
 @user_errors
 def serve(
+    ctx: typer.Context,
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     workers: Annotated[int, typer.Option(help="uvicorn processes (each loads every bundle)")] = 1,
@@ -43,7 +44,9 @@ def serve(
     """Run the HTTP API (settings from TAESAR_* environment variables; see docs/service.md)."""
     from app.serve import serve_command
 
-    export_for_service(torch_threads=global_options().threads, model_dir=model_dir, redis_url=redis_url, device=device)
+    export_for_service(
+        torch_threads=GlobalOptions.of(ctx).threads, model_dir=model_dir, redis_url=redis_url, device=device
+    )
     serve_command(host=host, port=port, workers=workers)
 
 
@@ -60,6 +63,7 @@ def _gpu_list(value: str | None) -> str | None:
 
 @user_errors
 def worker(
+    ctx: typer.Context,
     concurrency: Annotated[
         int, typer.Option(min=1, help="1 = one solo process (one per GPU); N > 1 = prefork on CPU")
     ] = 1,
@@ -82,7 +86,9 @@ def worker(
 
     if gpus is not None and concurrency != 1:
         raise TaesarError("--gpus runs one solo process per GPU; it cannot be combined with --concurrency")
-    export_for_service(torch_threads=global_options().threads, model_dir=model_dir, redis_url=redis_url, device=device)
+    export_for_service(
+        torch_threads=GlobalOptions.of(ctx).threads, model_dir=model_dir, redis_url=redis_url, device=device
+    )
     if gpus is None:
         worker_command(concurrency=concurrency, loglevel=loglevel, queues=queues)
         return

@@ -21,7 +21,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import click
 from pydantic import ValidationError
 
 from app.settings import Settings
@@ -48,11 +47,11 @@ class GlobalOptions:
 
     threads: int | None = None
 
-
-def global_options() -> GlobalOptions:
-    ctx = click.get_current_context(silent=True)
-    obj = ctx.find_root().obj if ctx is not None else None
-    return obj if isinstance(obj, GlobalOptions) else GlobalOptions()
+    @classmethod
+    def of(cls, ctx: Any) -> GlobalOptions:
+        """Those of the run a command's typer.Context belongs to (kept in its obj)."""
+        obj = getattr(ctx, "obj", None)
+        return obj if isinstance(obj, cls) else cls()
 
 
 def load_settings(**flags: Any) -> Settings:
@@ -95,6 +94,7 @@ class EngineOptions:
     device: str | None = None
     memory_budget_mb: str | None = None
     batch_size: int | None = None
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def runtime(options: EngineOptions = EngineOptions()) -> Runtime:
     """Settings for a command that runs models; sets torch's CPU threads when one of
     --threads and TAESAR_TORCH_THREADS asks for a number."""
     settings = load_settings(
-        torch_threads=global_options().threads,
+        torch_threads=options.threads,
         device=options.device,
         memory_budget_mb=None if options.memory_budget_mb is None else budget_value(options.memory_budget_mb),
         decode_batch_size=options.batch_size,

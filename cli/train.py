@@ -15,7 +15,7 @@ from rich.table import Table
 from cli.common import AdaptEpochs, DataDir, Device, HoldoutEval, MaxSteps, out, positive, user_errors
 from cli.distributed import process_group, write_on_rank_zero
 from cli.progress import progress_bars
-from cli.settings import EngineOptions, Runtime, runtime
+from cli.settings import EngineOptions, GlobalOptions, Runtime, runtime
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,7 @@ def _logits_budget(value: float | None) -> float | None:
 
 @user_errors
 def pretrain(
+    ctx: typer.Context,
     data: DataDir,
     bundle: Annotated[Path, typer.Option("--out", help="bundle folder to write")],
     epochs: Annotated[int, typer.Option(min=1, help="max epochs of the mixed model (early stopping)")] = 200,
@@ -118,7 +119,14 @@ def pretrain(
     """
     sizes = ModelSizes(hidden, layers, heads, inner, dropout, max_len)
     training = Training(epochs, patience, adapt_epochs, seed, batch_size, lr, max_steps, logits_budget_mb)
-    run_pretrain(data, bundle, training, runtime(EngineOptions(device=device)), holdout, sizes)
+    run_pretrain(
+        data,
+        bundle,
+        training,
+        runtime(EngineOptions(device=device, threads=GlobalOptions.of(ctx).threads)),
+        holdout,
+        sizes,
+    )
 
 
 def run_pretrain(
