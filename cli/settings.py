@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from app.settings import Settings
 from models.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from app.settings import Settings
 
 # Settings field -> the flag that sets it
 FLAGS = {
@@ -38,6 +40,8 @@ FLAGS = {
 
 
 def env_name(field: str) -> str:
+    from app.settings import Settings  # pydantic: imported when a command runs, not for --help
+
     return f"{Settings.model_config.get('env_prefix', '')}{field}".upper()
 
 
@@ -59,6 +63,10 @@ def load_settings(**flags: Any) -> Settings:
     variable. The CLI takes any positive --memory-budget-mb (a decode checks it against
     the catalogue), where the service asks for 16 or more: that flag's value is set after
     validation, and masks the variable during it."""
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+
     unknown = flags.keys() - FLAGS.keys()
     if unknown:
         raise TypeError(f"no flag for the settings {sorted(unknown)}")
