@@ -19,9 +19,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from cli import app as cli
 from app.deps import caller_id, key_matches
 from app.schemas import ErrorResponse, ModelList, RegenerateResponse
+from cli import app as cli
 from tests.api_support import api_client, closed_port_url, model_dir_with, settings_for
 
 pytestmark = pytest.mark.anyio
