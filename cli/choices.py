@@ -1,32 +1,64 @@
 """The closed sets of values options take. Typer lists them in --help and refuses any
 other value with exit code 2, before a command starts.
 
-They are written out here so that `taesar --help` imports no torch;
+Enums (not Literal types) so that every typer the project allows takes them, repeatable
+options included. They are written out here so that `taesar --help` imports no torch;
 tests/test_cli_options.py checks them against the sets models/ and app.settings define.
 """
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
-
-# TAESAR_DEVICE takes the same values (app.settings.Settings.device)
-DeviceName = Literal["auto", "cpu", "cuda"]
-OutputFormat = Literal["jsonl", "recbole"]
-Split = Literal["train", "full"]
-UnknownItems = Literal["error", "drop"]
-# Celery's log levels (`taesar worker --loglevel`), in either case
-LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
-class Ablation(str, Enum):
-    """A decoding ablation: the DecodeOptions switch of the same name. An Enum rather than
-    a Literal because --ablation repeats, and typer takes lists of Enums only."""
+class Choice(str, Enum):
+    """An option's value; `.value` is the string the models and the settings take."""
+
+
+class DeviceName(Choice):
+    """Where models run; TAESAR_DEVICE takes the same values (app.settings.Settings.device)."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class OutputFormat(Choice):
+    jsonl = "jsonl"
+    recbole = "recbole"
+
+
+class Split(Choice):
+    train = "train"
+    full = "full"
+
+
+class UnknownItems(Choice):
+    error = "error"
+    drop = "drop"
+
+
+class LogLevel(Choice):
+    """Celery's log levels (`taesar worker --loglevel`), in either case."""
+
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+
+class Ablation(Choice):
+    """A decoding ablation: the DecodeOptions switch of the same name."""
 
     no_adaptation = "no_adaptation"
     no_source_experts = "no_source_experts"
     no_global = "no_global"
     no_local = "no_local"
+
+
+def value_of(choice: Choice | None) -> str | None:
+    return None if choice is None else choice.value
 
 
 # Comma-separated options (`--backbones sasrec,gru4rec`): each part must be one of these.

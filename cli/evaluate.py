@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from cli.choices import value_of
 from cli.common import (
     Backbones,
     DataDir,
@@ -96,7 +97,7 @@ def evaluate(
     if other_rank_exits("evaluate", launch(), "runs on rank 0 only"):
         return
     downstream = Downstream(backbones, variants, seeds, seed, epochs, patience, lr, jobs, resume)
-    rt = runtime(EngineOptions(device, memory_budget_mb, threads=GlobalOptions.of(ctx).threads))
+    rt = runtime(EngineOptions(value_of(device), memory_budget_mb, threads=GlobalOptions.of(ctx).threads))
     evaluate_target(data, target, run, bundle, downstream, rt, holdout)
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from cli.choices import value_of
 from cli.common import DataDir, Device, HoldoutEval, MemoryBudgetMb, Target, Variants, chosen_variants, out, user_errors
 from cli.progress import progress_bars
 from cli.regenerate import open_engine
@@ -52,7 +53,7 @@ def export_recbole(
         out_dir,
         bundle,
         what,
-        runtime(EngineOptions(device, memory_budget_mb, threads=GlobalOptions.of(ctx).threads)),
+        runtime(EngineOptions(value_of(device), memory_budget_mb, threads=GlobalOptions.of(ctx).threads)),
     )
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.choices import value_of
 from cli.common import (
     AdaptEpochs,
     Backbones,
@@ -86,7 +87,7 @@ def pipeline(
         plan,
         training,
         downstream,
-        runtime(EngineOptions(device, memory_budget_mb, threads=GlobalOptions.of(ctx).threads)),
+        runtime(EngineOptions(value_of(device), memory_budget_mb, threads=GlobalOptions.of(ctx).threads)),
     )
 
 

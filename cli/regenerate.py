@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.choices import Ablation, OutputFormat, Split, UnknownItems
+from cli.choices import Ablation, OutputFormat, Split, UnknownItems, value_of
 from cli.common import Device, MemoryBudgetMb, Target, out, user_errors
 from cli.progress import ProgressCallback, progress_bars
 from cli.settings import EngineOptions, GlobalOptions, Runtime, runtime
@@ -34,7 +34,7 @@ class Source:
 
     data: Path | None = None
     input_file: Path | None = None
-    split: Split = "train"
+    split: str = "train"  # train | full
     holdout: int | None = None  # None: the dataset's
 
     def rows(self, catalogue: Any) -> Rows:
@@ -66,8 +66,8 @@ class Source:
 class Decoding:
     """How the rows are decoded: unknown items, ablations, repeats."""
 
-    unknown_items: UnknownItems = "error"
-    ablations: tuple[Ablation, ...] = ()
+    unknown_items: str = "error"  # error | drop
+    ablations: tuple[str, ...] = ()  # Ablation values
     drop_repeats: bool = False
 
     def __post_init__(self) -> None:
@@ -77,7 +77,7 @@ class Decoding:
         from models.decoding import DecodeOptions
 
         try:
-            return DecodeOptions(drop_repeats=self.drop_repeats, **{a.value: True for a in self.ablations})
+            return DecodeOptions(drop_repeats=self.drop_repeats, **dict.fromkeys(self.ablations, True))
         except ValueError as exc:
             raise ConfigError(f"--ablation: {exc}") from None
 
@@ -85,7 +85,7 @@ class Decoding:
 @dataclass(frozen=True)
 class Output:
     path: Path
-    fmt: OutputFormat = "jsonl"
+    fmt: str = "jsonl"  # jsonl | recbole
 
 
 @user_errors
@@ -96,11 +96,11 @@ def regenerate(
     out_file: Annotated[Path, typer.Option("--out", help="output file")],
     data: Annotated[Path | None, typer.Option(help="prepared dataset folder")] = None,
     input_file: Annotated[Path | None, typer.Option("--input", help='JSONL: {"user_id"?, "items": [...]}')] = None,
-    fmt: Annotated[OutputFormat, typer.Option("--format", help="output file format")] = "jsonl",
-    split: Annotated[Split, typer.Option(help="with --data: train (no valid/test items) or full")] = "train",
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="output file format")] = OutputFormat.jsonl,
+    split: Annotated[Split, typer.Option(help="with --data: train (no valid/test items) or full")] = Split.train,
     unknown_items: Annotated[
         UnknownItems, typer.Option(help="refuse the input, or drop them (reason unknown_item)")
-    ] = "error",
+    ] = UnknownItems.error,
     ablation: Annotated[
         list[Ablation] | None,
         typer.Option(metavar="NAME", help=f"a decoding ablation, repeatable: {', '.join(a.value for a in Ablation)}"),
@@ -120,10 +120,10 @@ def regenerate(
     memory_budget_mb: MemoryBudgetMb = None,
 ) -> None:
     """Stage II: rewrite every sequence into the target domain (keep / replace / discard)."""
-    source = Source(data, input_file, split)
-    decoding = Decoding(unknown_items, tuple(ablation or ()), drop_repeats)
-    rt = runtime(EngineOptions(device, memory_budget_mb, batch_size, GlobalOptions.of(ctx).threads))
-    regenerate_file(bundle, target, source, Output(out_file, fmt), decoding, rt)
+    source = Source(data, input_file, split.value)
+    decoding = Decoding(unknown_items.value, tuple(a.value for a in ablation or ()), drop_repeats)
+    rt = runtime(EngineOptions(value_of(device), memory_budget_mb, batch_size, GlobalOptions.of(ctx).threads))
+    regenerate_file(bundle, target, source, Output(out_file, fmt.value), decoding, rt)
 
 
 def regenerate_file(bundle: Path, target: str, source: Source, output: Output, decoding: Decoding, rt: Runtime) -> None:

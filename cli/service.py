@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli.choices import LogLevel
+from cli.choices import LogLevel, value_of
 from cli.common import Device, user_errors
 from cli.settings import GlobalOptions, export_for_service
 from models.errors import TaesarError
@@ -45,7 +45,7 @@ def serve(
     from app.serve import serve_command
 
     export_for_service(
-        torch_threads=GlobalOptions.of(ctx).threads, model_dir=model_dir, redis_url=redis_url, device=device
+        torch_threads=GlobalOptions.of(ctx).threads, model_dir=model_dir, redis_url=redis_url, device=value_of(device)
     )
     serve_command(host=host, port=port, workers=workers)
 
@@ -67,7 +67,7 @@ def worker(
     concurrency: Annotated[
         int, typer.Option(min=1, help="1 = one solo process (one per GPU); N > 1 = prefork on CPU")
     ] = 1,
-    loglevel: Annotated[LogLevel, typer.Option(case_sensitive=False, help="Celery's log level")] = "INFO",
+    loglevel: Annotated[LogLevel, typer.Option(case_sensitive=False, help="Celery's log level")] = LogLevel.INFO,
     queues: Annotated[str | None, typer.Option(help="comma-separated Celery queues (default: the API's queue)")] = None,
     gpus: Annotated[
         str | None,
@@ -87,11 +87,11 @@ def worker(
     if gpus is not None and concurrency != 1:
         raise TaesarError("--gpus runs one solo process per GPU; it cannot be combined with --concurrency")
     export_for_service(
-        torch_threads=GlobalOptions.of(ctx).threads, model_dir=model_dir, redis_url=redis_url, device=device
+        torch_threads=GlobalOptions.of(ctx).threads, model_dir=model_dir, redis_url=redis_url, device=value_of(device)
     )
     if gpus is None:
-        worker_command(concurrency=concurrency, loglevel=loglevel, queues=queues)
+        worker_command(concurrency=concurrency, loglevel=loglevel.value, queues=queues)
         return
-    code = gpu_worker_command(parse_gpus(gpus), loglevel=loglevel, queues=queues)
+    code = gpu_worker_command(parse_gpus(gpus), loglevel=loglevel.value, queues=queues)
     if code:
         raise typer.Exit(code)

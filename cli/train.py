@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from cli.choices import value_of
 from cli.common import AdaptEpochs, DataDir, Device, HoldoutEval, MaxSteps, out, positive, user_errors
 from cli.distributed import process_group, write_on_rank_zero
 from cli.progress import progress_bars
@@ -123,7 +124,7 @@ def pretrain(
         data,
         bundle,
         training,
-        runtime(EngineOptions(device=device, threads=GlobalOptions.of(ctx).threads)),
+        runtime(EngineOptions(device=value_of(device), threads=GlobalOptions.of(ctx).threads)),
         holdout,
         sizes,
     )

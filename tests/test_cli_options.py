@@ -40,12 +40,12 @@ def test_the_choices_are_the_sets_models_and_the_service_define() -> None:
     from models.evaluation import VARIANTS as MODEL_VARIANTS
     from models.evaluation.variants import ABLATIONS
 
-    assert typing.get_args(DeviceName) == typing.get_args(Settings.model_fields["device"].annotation)
+    assert tuple(d.value for d in DeviceName) == typing.get_args(Settings.model_fields["device"].annotation)
     assert BACKBONES == MODEL_BACKBONES and VARIANTS == MODEL_VARIANTS
     assert [a.value for a in Ablation] == list(ABLATIONS)
     assert {a.value for a in Ablation} <= {f.name for f in dataclasses.fields(DecodeOptions)}
     hints = typing.get_type_hints(regenerate_external)
-    assert typing.get_args(hints["unknown_items"]) == typing.get_args(UnknownItems)
+    assert typing.get_args(hints["unknown_items"]) == tuple(u.value for u in UnknownItems)
 
 
 @pytest.mark.parametrize("path", command_paths(), ids=" ".join)
