@@ -50,8 +50,8 @@ from typing import Any
 
 import anyio.to_thread
 
-from app import metrics
 from app.errors import ApiError
+from core import metrics
 
 Key = tuple[str, Any]  # (target domain, models.decoding.DecodeOptions)
 # candidates of `explain_top_k` that cost as much as decoding one item: rendering 2k

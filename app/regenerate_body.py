@@ -30,7 +30,7 @@ import anyio.lowlevel
 from pydantic import ValidationError
 
 from app.errors import ApiError, sanitize_errors
-from app.schemas import RegenerateRequest, SequenceIn
+from core.schemas import RegenerateRequest, SequenceIn
 
 SLICE_CHARS = 256 * 1024  # characters decoded between two turns of the event loop
 _DECODER = json.JSONDecoder()

@@ -21,9 +21,9 @@ import httpx
 import pytest
 
 from app.batching import BatchPolicy, MicroBatcher
-from app.engines import Engines
+from app.engines import ServedEngines as Engines
 from app.main import create_app
-from app.settings import Settings
+from core.settings import Settings
 from tests.api_support import model_dir_with, settings_for
 
 pytestmark = pytest.mark.anyio

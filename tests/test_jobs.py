@@ -25,7 +25,7 @@ import httpx
 import pytest
 import redis
 
-from app.settings import Settings
+from core.settings import Settings
 from tests.api_support import REDIS_URL, api_client, closed_port_url, delete_prefix, model_dir_with, settings_for
 from workers.main import worker_argv
 
