@@ -96,8 +96,8 @@ def run_cli_engine(bundle: Path, target: str, device: str, src: Path, out: Path)
     """What `taesar regenerate` does after loading the bundle: decode + write JSONL."""
     from models.bundle import load_bundle
     from models.decoding import Regenerator, regenerate_external
+    from models.device import resolve_device
     from models.output import read_jsonl_input, to_output_line, write_jsonl
-    from models.training import resolve_device
 
     dev = str(resolve_device(device))
     b = load_bundle(bundle, device=dev)

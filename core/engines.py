@@ -135,9 +135,9 @@ def apply_torch_threads(settings: Settings) -> None:
     """Set torch's CPU threads from TAESAR_TORCH_THREADS. Call it from the process's main
     thread before any decoding: OpenMP threads read the setting when they start."""
     if settings.torch_threads:
-        import torch
+        from models.device import set_torch_threads
 
-        torch.set_num_threads(settings.torch_threads)
+        set_torch_threads(settings.torch_threads)
 
 
 def load_engines(settings: Settings, *, concurrent_decodes: int | None = None) -> Engines:
@@ -147,8 +147,8 @@ def load_engines(settings: Settings, *, concurrent_decodes: int | None = None) -
     models (default: the API's, `decode_threads` per model); an "auto" memory budget on
     CUDA is split between them, as they share the device.
     """
+    from models.device import resolve_device
     from models.errors import DeviceError
-    from models.training import resolve_device
 
     engines: dict[str, Engine] = {}
     failures: list[LoadFailure] = []
