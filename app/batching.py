@@ -98,7 +98,7 @@ class _Call:
 class MicroBatcher:
     """Queues of calls per key and the tasks that drain them; lives in one event loop.
 
-    `engine` is an `app.engines.Engine` (anything with `name`, `check_known` and
+    `engine` is a `core.engines.Engine` (anything with `name`, `check_known` and
     `regenerate` will do). Runner tasks exist only while calls are queued or decoding.
     """
 

@@ -4,7 +4,7 @@ A Celery app is built from a `Settings` object by `create_celery`, never from th
 environment at import time: the API builds a send-only producer with its settings
 (`enqueue_chunks` sends by task name, so no task code is imported), and a worker
 builds its app with its settings plus the module that holds the tasks
-(`workers.celery_app.worker_app`). Nothing here imports torch or `models/` code.
+(`workers.celery_app.worker_app`). Nothing here imports torch.
 
 Job state is not kept in Celery: the result backend is disabled and every task
 writes its outcome to the job store (`core.jobstore`). Celery only carries
