@@ -85,7 +85,7 @@ def warm_up() -> None:
 @worker_init.connect
 def _json_logs_and_metrics(**_: Any) -> None:
     # our events as one JSON object per line, like the API's; Celery keeps its own format
-    settings = context().settings
+    settings = get_settings()  # what context() will use; no Redis client before a fork
     configure_logging(settings.log_level)
     if settings.worker_metrics_port:  # this process's job metrics (core.metrics), for Prometheus
         from prometheus_client import start_http_server
