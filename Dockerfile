@@ -40,6 +40,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 COPY app ./app
 COPY cli ./cli
+COPY core ./core
 COPY models ./models
 COPY workers ./workers
 RUN pip install --no-deps . && rm -rf /src/build

@@ -3,7 +3,7 @@ other value with exit code 2, before a command starts.
 
 Enums (not Literal types) so that every typer the project allows takes them, repeatable
 options included. They are written out here so that `taesar --help` imports no torch;
-tests/test_cli_options.py checks them against the sets models/ and app.settings define.
+tests/test_cli_options.py checks them against the sets models/ and core.settings define.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ class Choice(str, Enum):
 
 
 class DeviceName(Choice):
-    """Where models run; TAESAR_DEVICE takes the same values (app.settings.Settings.device)."""
+    """Where models run; TAESAR_DEVICE takes the same values (core.settings.Settings.device)."""
 
     auto = "auto"
     cpu = "cpu"

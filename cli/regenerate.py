@@ -185,12 +185,12 @@ def regenerate_to_file(
 
 
 def check_known(catalogue: Any, rows: Rows) -> None:
-    """The models' check (models.decoding.check_known_items), with the option that lets
-    the rows through."""
-    from models.decoding import check_known_items
+    """The models' one unknown-item check (models.catalogue.check_known), with the option
+    that lets the rows through."""
+    from models.catalogue import check_known as check
 
     try:
-        check_known_items(catalogue, (items for _, items in rows.read()))
+        check(catalogue, (items for _, items in rows.read()))
     except UnknownItemError as exc:
         raise UnknownItemError(
             f"{exc.message} (use --unknown-items drop to discard unknown items)", exc.details

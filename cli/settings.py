@@ -26,7 +26,7 @@ from models.errors import ConfigError
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
-    from app.settings import Settings
+    from core.settings import Settings
 
 # Settings field -> the flag that sets it
 FLAGS = {
@@ -40,7 +40,7 @@ FLAGS = {
 
 
 def env_name(field: str) -> str:
-    from app.settings import Settings  # pydantic: imported when a command runs, not for --help
+    from core.settings import Settings  # pydantic: imported when a command runs, not for --help
 
     return f"{Settings.model_config.get('env_prefix', '')}{field}".upper()
 
@@ -65,7 +65,7 @@ def load_settings(**flags: Any) -> Settings:
     validation, and masks the variable during it."""
     from pydantic import ValidationError
 
-    from app.settings import Settings
+    from core.settings import Settings
 
     unknown = flags.keys() - FLAGS.keys()
     if unknown:
@@ -118,13 +118,15 @@ class Runtime:
 def runtime(options: EngineOptions = EngineOptions()) -> Runtime:
     """Settings for a command that runs models; sets torch's CPU threads when one of
     --threads and TAESAR_TORCH_THREADS asks for a number."""
+    from core.engines import apply_torch_threads
+
     settings = load_settings(
         torch_threads=options.threads,
         device=options.device,
         memory_budget_mb=None if options.memory_budget_mb is None else budget_value(options.memory_budget_mb),
         decode_batch_size=options.batch_size,
     )
-    apply_threads(settings)
+    apply_torch_threads(settings)
     return Runtime(
         device_choice=settings.device,
         device=resolve_device_name(settings.device, from_flag=options.device is not None),
@@ -137,26 +139,20 @@ def budget_value(value: str) -> float | str:
     return value if value == "auto" else float(value)
 
 
-def apply_threads(settings: Settings) -> None:
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
-
-
 def resolve_device_name(choice: str, *, from_flag: bool) -> str:
-    """cpu or cuda, by the resolver training and decoding use (models.training)."""
-    from models.training import resolve_device
+    """cpu or cuda, by the one device resolver of training and the service (models.device)."""
+    from models.device import resolve_device
+    from models.errors import DeviceError
 
     try:
         return resolve_device(choice).type
-    except ValueError as exc:
-        raise ConfigError(f"{exc} ({source_of('device', choice, from_flag)})") from None
+    except DeviceError as exc:
+        raise DeviceError(f"{exc.message} ({source_of('device', choice, from_flag)})", exc.details) from None
 
 
 def export_for_service(**flags: Any) -> Settings:
     """Check the flags with every TAESAR_* value, then put the given ones into this
-    process's environment, which the service reads (app.settings.get_settings) and its
+    process's environment, which the service reads (core.settings.get_settings) and its
     processes inherit (uvicorn workers, Celery children, one worker per GPU)."""
     settings = load_settings(**flags)
     for field, value in flags.items():

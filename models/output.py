@@ -62,7 +62,7 @@ def to_output_line(result: Regenerated, catalogue: Catalogue, target: str, user_
         "target_domain": target,
         "sequence": [catalogue.external(i) for i in result.sequence],
         "decisions": [_decision(d, catalogue) for d in result.decisions],
-        "stats": dict(result.stats),
+        "stats": result.stats.as_dict(),
     }
 
 

@@ -14,9 +14,9 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from app.settings import Settings
 from cli import app
 from cli.choices import BACKBONES, VARIANTS, Ablation, DeviceName, UnknownItems
+from core.settings import Settings
 
 runner = CliRunner()
 ROOT = Path(__file__).parents[1]

@@ -13,9 +13,9 @@ import torch
 import typer.main
 from typer.testing import CliRunner
 
-from app.settings import Settings
 from cli import app
 from cli.settings import FLAGS, EngineOptions, load_settings, runtime
+from core.settings import Settings
 from models.errors import ConfigError
 
 runner = CliRunner()
@@ -143,7 +143,7 @@ def test_taesar_device_reaches_the_commands_and_the_flag_overrides_it(monkeypatc
     monkeypatch.setenv("TAESAR_DEVICE", "cuda")
     code, output = invoke(*NO_DATA)
     assert code == 2 and output.startswith("error:")
-    assert "CUDA is not available (TAESAR_DEVICE=cuda)" in " ".join(output.split())
+    assert "torch sees no CUDA device (TAESAR_DEVICE=cuda)" in " ".join(output.split())
     code, output = invoke(*NO_DATA, "--device", "cpu")
     assert code == 2 and "/no/such/dir" in output  # got past the device
     code, output = invoke(*NO_DATA[:-2], "--device", "cuda", "--out", "b")

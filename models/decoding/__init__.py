@@ -18,7 +18,7 @@ from models.decoding.budget import (
     resolve_memory_budget_mb,
 )
 from models.decoding.engine import ProgressFn, Regenerator
-from models.decoding.external import check_known_items, iter_regenerate_external, regenerate_external
+from models.decoding.external import iter_regenerate_external, regenerate_external
 from models.decoding.results import NO_CONTEXT, Action, Decision, DecodeOptions, Regenerated, assemble
 from models.decoding.rule import EPS, Explained, TargetItems, contrastive_score, decide, decide_explained
 
@@ -37,7 +37,6 @@ __all__ = [
     "Regenerator",
     "TargetItems",
     "assemble",
-    "check_known_items",
     "contrastive_score",
     "decide",
     "decide_explained",
