@@ -75,3 +75,20 @@ def test_the_import_contracts_hold() -> None:
 def test_the_command_line_imports_its_commands_only_when_they_run() -> None:
     # `taesar --help` and every command's parser: no torch, web stack, queue or service code
     assert roots(imported_after("import cli"), "torch", *WEB, "celery", "redis", "app", "core", "workers") == []
+
+
+def test_the_readme_architecture_names_every_module() -> None:
+    """README's Architecture section has one line per module (or its folder): a new
+    module that is not described there fails here."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Architecture") : readme.index("\n## ", readme.index("## Architecture") + 1)]
+    missing = []
+    for package in ("models", "core", "app", "workers", "cli"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT / package)
+            if rel == Path("__init__.py"):
+                continue
+            folder = f"{rel.parent.name}/" if len(rel.parts) > 1 else None
+            if path.name not in section and (folder is None or folder not in section):
+                missing.append(f"{package}/{rel}")
+    assert not missing, f"README's Architecture section does not describe: {missing}"
