@@ -15,6 +15,8 @@ from cli.common import Device, MemoryBudgetMb, Target, out, user_errors
 from cli.progress import ProgressCallback, progress_bars
 from cli.settings import EngineOptions, GlobalOptions, Runtime, runtime
 from models.errors import ConfigError, UnknownItemError
+from models.tally import KEYS as TALLY_KEYS
+from models.tally import Tally
 
 Records = Callable[[], Iterator[tuple[str, list]]]
 
@@ -152,13 +154,17 @@ def open_engine(bundle: Path, rt: Runtime, leak_free_for: tuple[Any, int] | None
 
 
 @dataclass
-class Tally:
-    """What one pass counted: decisions per kind, and the decoded rows when asked to keep them."""
+class Counted:
+    """What one pass counted: sequences and their decisions, and the decoded rows when asked
+    to keep them."""
 
-    counts: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(("sequences", "kept", "replaced", "discarded"), 0)
-    )
+    sequences: int = 0
+    decisions: Tally = field(default_factory=Tally)
     keep: list | None = None
+
+    def as_dict(self) -> dict[str, int]:
+        """{"sequences", "kept", "replaced", "discarded"}: the summary's counts."""
+        return {"sequences": self.sequences, **self.decisions.as_dict()}
 
 
 def regenerate_to_file(
@@ -171,17 +177,17 @@ def regenerate_to_file(
 
     if decoding.unknown_items == "error":  # reject before decoding anything
         check_known(engine.catalogue, rows)
-    tally = Tally(keep=keep)
+    counted = Counted(keep=keep)
     output.path.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.path.with_name(f".{output.path.name}.partial")
     try:
         with progress_bars() as bars:
-            lines = _output_lines(engine, target, rows, decoding, tally, bars)
+            lines = _output_lines(engine, target, rows, decoding, counted, bars)
             (write_jsonl if output.fmt == "jsonl" else write_recbole)(tmp, lines)
         tmp.replace(output.path)
     finally:
         tmp.unlink(missing_ok=True)
-    return tally.counts
+    return counted.as_dict()
 
 
 def check_known(catalogue: Any, rows: Rows) -> None:
@@ -198,7 +204,7 @@ def check_known(catalogue: Any, rows: Rows) -> None:
 
 
 def _output_lines(
-    engine: Any, target: str, rows: Rows, decoding: Decoding, tally: Tally, bars: ProgressCallback
+    engine: Any, target: str, rows: Rows, decoding: Decoding, counted: Counted, bars: ProgressCallback
 ) -> Iterator[dict]:
     from models.decoding import iter_regenerate_external
     from models.output import to_output_line
@@ -210,7 +216,6 @@ def _output_lines(
             users.append(user)
             yield seq
 
-    counts = tally.counts
     for result in iter_regenerate_external(
         engine,
         items(),
@@ -219,18 +224,18 @@ def _output_lines(
         options=decoding.options(),
         on_progress=lambda n: bars(f"regenerate {target}", n, rows.total or n, {}),
     ):
-        counts["sequences"] += 1
-        if tally.keep is not None:
-            tally.keep.append(result)
-        for k in ("kept", "replaced", "discarded"):
-            counts[k] += result.stats[k]
-        yield to_output_line(result, engine.catalogue, target, users[counts["sequences"] - 1])
+        counted.sequences += 1
+        counted.decisions += result.stats
+        if counted.keep is not None:
+            counted.keep.append(result)
+        yield to_output_line(result, engine.catalogue, target, users[counted.sequences - 1])
 
 
 def print_counts(per_domain: dict[str, dict[str, int]]) -> None:
     table = Table(title="decisions per target domain")
-    for col in ("target", "sequences", "kept", "replaced", "discarded"):
+    columns = ("sequences", *TALLY_KEYS)
+    for col in ("target", *columns):
         table.add_column(col, justify="left" if col == "target" else "right")
     for name, s in per_domain.items():
-        table.add_row(name, *(str(s[k]) for k in ("sequences", "kept", "replaced", "discarded")))
+        table.add_row(name, *(str(s[k]) for k in columns))
     out.print(table)
