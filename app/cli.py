@@ -187,6 +187,9 @@ def data_import(
     item_col: str = "item_id",
     domain_col: str = "domain",
     time_col: str = "timestamp",
+    title_col: Annotated[
+        str | None, typer.Option(help="column of item titles (optional; the first non-blank title of each item)")
+    ] = None,
     require_all_domains: AllDomains = True,
     k_core: KCore = 3,
     max_len: MaxLen = 128,
@@ -195,7 +198,14 @@ def data_import(
     """A generic log with columns user_id,item_id,domain,timestamp (names configurable)."""
     from models.importers import read_interactions
 
-    df = read_interactions(interactions, user_col=user_col, item_col=item_col, domain_col=domain_col, time_col=time_col)
+    df = read_interactions(
+        interactions,
+        user_col=user_col,
+        item_col=item_col,
+        domain_col=domain_col,
+        time_col=time_col,
+        title_col=title_col,
+    )
     cfg = _prep_config(require_all_domains, k_core, max_len, holdout)
     _save_and_report(df, cfg, out_dir, source=interactions.name)
 
@@ -521,6 +531,9 @@ def regenerate(
     device: Device = "auto",
     batch_size: int = 256,
     memory_budget_mb: MemoryBudgetMb = "auto",
+    include_titles: Annotated[
+        bool, typer.Option("--include-titles", help="add the items' titles to each JSONL line (when known)")
+    ] = False,
 ) -> None:
     """Stage II: rewrite every sequence into the target domain (keep / replace / discard)."""
     from models.bundle import load_bundle
@@ -541,7 +554,9 @@ def regenerate(
         batch_size=batch_size,
         memory_budget_mb=_budget_value(memory_budget_mb),
     )
-    stats = _regenerate_to_file(engine, target, records, total, out_file, fmt, unknown_items, options)
+    stats = _regenerate_to_file(
+        engine, target, records, total, out_file, fmt, unknown_items, options, titles=include_titles
+    )
     _print_counts({target: stats})
     out.print(f"wrote {out_file}")
 
@@ -572,6 +587,7 @@ def _regenerate_to_file(
     unknown_items: str,
     options: Any,
     keep: list | None = None,
+    titles: bool = False,
 ) -> dict[str, int]:
     """Streams results into a temporary file renamed into place at the end, so a failure
     (e.g. an unknown item) never leaves a truncated output behind. keep, when given,
@@ -600,7 +616,7 @@ def _regenerate_to_file(
                 keep.append(result)
             for k in ("kept", "replaced", "discarded"):
                 totals[k] += result.stats[k]
-            yield to_output_line(result, engine.catalogue, target, users[totals["sequences"] - 1])
+            yield to_output_line(result, engine.catalogue, target, users[totals["sequences"] - 1], titles=titles)
 
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(f".{out_file.name}.partial")

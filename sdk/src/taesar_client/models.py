@@ -93,6 +93,7 @@ class RegenerateOptions(_Strict):
         "error", description="error: 422 unknown_item; drop: discard with reason unknown_item"
     )
     ablations: Ablations = Field(default_factory=Ablations)
+    include_titles: bool = Field(False, description="add `titles` ({item id: title}) to each result")
 
 
 class RegenerateRequest(_Strict):
@@ -138,6 +139,7 @@ class RegeneratedSequence(BaseModel):
     sequence: list[str]
     decisions: list[Decision]
     stats: Stats
+    titles: dict[str, str] | None = Field(None, description="with include_titles: item id -> title")
 
 
 class RegenerateResponse(BaseModel):
