@@ -38,6 +38,7 @@ from app import metrics
 from app.deps import CallerDep, EnginesDep, RedisDep, SettingsDep
 from app.engines import Engine, Engines
 from app.errors import ApiError, sanitize_errors
+from app.joblist import remember_job
 from app.jobstore import UNAVAILABLE_ERRORS, JobRecord, JobSpec, JobStore, JobWriter
 from app.logging import get_logger, log_event
 from app.routes import error_responses
@@ -366,6 +367,7 @@ async def _submit(
         if not result.accepted:
             raise _queue_full(result.pending, settings)
         metrics.set_queue_depth(result.pending)
+        await remember_job(store, staging.spec.owner, job_id)  # for GET /jobs
         await anyio.to_thread.run_sync(_enqueue, producer, job_id, writer.n_chunks)
     except BaseException:
         # also a committed job whose tasks were not all sent: workers skip a job that is gone
