@@ -124,3 +124,40 @@ def _as_list(value: Any) -> list[Any]:
     if isinstance(value, Iterable):
         return list(value)
     return [] if value is None else [value]
+
+
+# -- searching a catalogue ------------------------------------------------------------------
+
+
+def search_items(catalogue: Any, query: str, *, domain: int | None = None, limit: int = 20) -> tuple[list[int], int]:
+    """Dense ids of the items that match `query`, best first, at most `limit`, and the
+    number of matches in all. Order: the item whose id is the query, those whose title is
+    it, then id prefixes, title prefixes, and titles that contain it elsewhere (titles
+    compared ignoring case and accents); within a group, catalogue order. An empty query
+    matches every item (of `domain`, when given)."""
+    lo, hi = catalogue.domain_range(domain) if domain is not None else (0, catalogue.n_items)
+    query = " ".join(query.split())
+    if not query:
+        return list(range(lo, min(hi, lo + limit))), hi - lo
+    info: ItemInfo | None = catalogue.info
+    groups: list[list[str]] = [[query] if catalogue.get(query) is not None else []]
+    groups.append(info.find_title(query) if info is not None else [])
+    groups.append([i for i in catalogue.item_ids[lo:hi] if i.startswith(query) and i != query])
+    groups.extend(info.match_titles(query) if info is not None else ([], []))
+    seen: dict[int, None] = {}
+    for group in groups:
+        dense = sorted(d for d in (catalogue.get(i) for i in group) if d is not None and lo <= d < hi)
+        seen.update(dict.fromkeys(dense))
+    found = list(seen)
+    return found[:limit], len(found)
+
+
+def lookup_item(catalogue: Any, term: str) -> int | None:
+    """The dense id of the item whose id is `term`, else of the first (in catalogue order)
+    whose title is `term` ignoring case and accents; None when there is neither."""
+    term = term.strip()
+    dense = catalogue.get(term)
+    if dense is not None or catalogue.info is None:
+        return dense
+    hits = [d for d in (catalogue.get(i) for i in catalogue.info.find_title(term)) if d is not None]
+    return min(hits) if hits else None
