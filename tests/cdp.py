@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,8 @@ class Browser:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         port, path = self._endpoint(profile / "DevToolsActivePort")
-        self.ws = connect(f"ws://127.0.0.1:{port}{path}", max_size=None, open_timeout=30)
+        self._stack = ExitStack()
+        self.ws = self._stack.enter_context(connect(f"ws://127.0.0.1:{port}{path}", max_size=None, open_timeout=30))
         self._ids = itertools.count(1)
         self.events: list[dict[str, Any]] = []
 
@@ -115,16 +116,14 @@ class Browser:
         return page
 
     def close(self) -> None:
-        try:
+        with suppress(Exception):  # already gone
             self.send("Browser.close")
-        except Exception:  # already gone
-            pass
         try:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
-        self.ws.close()
+        self._stack.close()
 
 
 class Page:

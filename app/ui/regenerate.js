@@ -104,18 +104,20 @@ class RegenerateView {
   }
 
   /** Regenerate the current items (with explanations when any is open). */
-  async run({ explain = this.state.open.length > 0 } = {}) {
+  async run({ explain = this.state.open.length > 0, keep = false } = {}) {
     const items = this.editor.ids();
-    clear(this.output).append(h("h2", { id: "result-title" }, "Result"));
     if (!items.length) {
-      this.output.append(h("p", { class: "hint" }, "Nothing to regenerate yet."));
+      clear(this.output).append(h("h2", { id: "result-title" }, "Result"), h("p", { class: "hint" }, "Nothing to regenerate yet."));
       showNotice("Add at least one item first: search the catalogue, paste ids or titles, or pick a sample user.", { warn: true, title: "The sequence is empty" });
       return;
     }
     hideNotice();
     const run = ++this.runs;
     this.output.setAttribute("aria-busy", "true");
-    this.output.append(h("p", { class: "hint" }, `Regenerating ${items.length} items into ${this.state.target}…`));
+    if (!keep) {
+      // a new result replaces the old one; fetching explanations keeps the decisions on screen
+      clear(this.output).append(h("h2", { id: "result-title" }, "Result"), h("p", { class: "hint" }, `Regenerating ${items.length} items into ${this.state.target}…`));
+    }
     try {
       const answer = await call("regenerate", { method: "POST", json: this.body(items, explain) });
       if (run !== this.runs) return;
@@ -218,7 +220,7 @@ class RegenerateView {
     const open = this.state.open.includes(position) ? this.state.open.filter((p) => p !== position) : [...this.state.open, position].sort((a, b) => a - b);
     this.state = { ...this.state, open };
     saveState(this.state);
-    if (open.includes(position) && !this.explained) await this.run({ explain: true });
+    if (open.includes(position) && !this.explained) await this.run({ explain: true, keep: true });
     else this.draw();
     const button = document.querySelector(`#decision-${position} .toggle`);
     if (button) button.focus();
