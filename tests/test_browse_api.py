@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -169,3 +170,27 @@ async def test_the_page_and_its_files_need_no_key_and_name_no_other_host(client:
     for missing in ("nope.js", "..%2Fmain.py", "index.html%00"):
         r = await client.get(f"/ui/{missing}")
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_the_wheel_ships_the_page(tmp_path: Path) -> None:
+    """`pip install` of the project brings app/ui/ along: the page is package data."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"  # a build writes build/ and *.egg-info next to its sources
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    for package in ("app", "models", "workers"):
+        shutil.copytree(root / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q"]
+    subprocess.run(
+        [*cmd, "-w", str(tmp_path / "out"), str(src)], check=True, env={**os.environ, "PIP_CONFIG_FILE": os.devnull}
+    )
+    (wheel,) = (tmp_path / "out").glob("taesar_service-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        shipped = {Path(n).name for n in z.namelist() if n.startswith("app/ui/")}
+    assert shipped == {p.name for p in UI_DIR.iterdir() if p.suffix in (".html", ".css", ".js")}

@@ -350,3 +350,15 @@ def test_a_jobs_progress_reaches_100_percent_and_its_downloads_work(
     lines = [json.loads(x) for x in (tmp_path / f"{job}.jsonl").read_text().splitlines()]
     assert lines and all("titles" in line for line in lines)  # the form asks for titles
     only_local(page, server)
+
+
+def test_a_missing_browser_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tests.cdp as cdp
+
+    monkeypatch.setattr(cdp, "CHROMIUM", None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="chromium is not installed"):
+        cdp.require_chromium()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        cdp.require_chromium()
