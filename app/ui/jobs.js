@@ -144,7 +144,7 @@ class JobsView {
       h("td", {}, `${job.model} → ${job.target_domain}`),
       h("td", {}, status),
       h("td", {}, progress),
-      h("td", {}, `✓ ${d.kept} · ⇄ ${d.replaced} · ✕ ${d.discarded}`),
+      h("td", {}, `✓ ${formatNumber(d.kept)} · ⇄ ${formatNumber(d.replaced)} · ✕ ${formatNumber(d.discarded)}`),
       h("td", {}, new Date(job.created_at).toLocaleString()),
       h("td", {}, this.actions(job)),
     );

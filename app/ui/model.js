@@ -148,7 +148,7 @@ async function drawRates(ctx, box, target) {
     const { counts, means } = histograms(answer.results);
     const totals = answer.stats;
     clear(box).append(
-      h("p", {}, `${users.length} sample users, ${(totals.kept + totals.replaced + totals.discarded).toLocaleString("en")} items: ${totals.kept} kept, ${totals.replaced} replaced, ${totals.discarded} discarded. Each chart counts users by the share of their items that got the action.`),
+      h("p", {}, `${users.length} sample users, ${(totals.kept + totals.replaced + totals.discarded).toLocaleString("en")} items: ${formatNumber(totals.kept)} kept, ${formatNumber(totals.replaced)} replaced, ${formatNumber(totals.discarded)} discarded. Each chart counts users by the share of their items that got the action.`),
       h("div", { class: "hists" }, ACTIONS.map(([a, label]) => histogram(a, label, counts[a], means[a], users.length))),
     );
   } catch (problem) {
