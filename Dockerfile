@@ -39,6 +39,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install -r /tmp/requirements.txt
 
 COPY app ./app
+COPY core ./core
 COPY models ./models
 COPY workers ./workers
 RUN pip install --no-deps . && rm -rf /src/build

@@ -33,11 +33,13 @@ redis:
 ml100k-wheel: setup
 	$(BIN)/python -c "from app.cli import DEFAULT_CACHE; from models.importers import fetch_recbole_wheel; print(fetch_recbole_wheel(DEFAULT_CACHE))"
 
-LINTED := app models workers tests benchmarks sdk
+LINTED := app core models workers tests benchmarks sdk
 
+# ruff, then the import contracts of pyproject.toml ([tool.importlinter]: the layers)
 lint: setup
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/lint-imports
 
 test: setup redis lint ml100k-wheel
 	$(BIN)/python -m pytest
@@ -49,4 +51,4 @@ screenshots: setup redis
 	$(BIN)/python -m tests.ui_screenshots --bundle $(RUN)/bundle --out docs
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .import_linter_cache

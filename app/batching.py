@@ -50,8 +50,8 @@ from typing import Any
 
 import anyio.to_thread
 
-from app import metrics
 from app.errors import ApiError
+from core import metrics
 
 Key = tuple[str, Any]  # (target domain, models.decoding.DecodeOptions)
 # candidates of `explain_top_k` that cost as much as decoding one item: rendering 2k
@@ -98,7 +98,7 @@ class _Call:
 class MicroBatcher:
     """Queues of calls per key and the tasks that drain them; lives in one event loop.
 
-    `engine` is an `app.engines.Engine` (anything with `name`, `check_known` and
+    `engine` is a `core.engines.Engine` (anything with `name`, `check_known` and
     `regenerate` will do). Runner tasks exist only while calls are queued or decoding.
     """
 

@@ -1,13 +1,13 @@
 """Bodies of the endpoints that look inside a model and list a caller's jobs: model
 details, catalogue search and lookup, sample users, recent jobs. The web page (/ui)
-is built on them; any client may use them. The SDK mirrors them like app/schemas.py.
+is built on them; any client may use them. The SDK mirrors them like core/schemas.py.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas import JobInfo, ModelInfo
+from core.schemas import JobInfo, ModelInfo
 
 
 class CatalogueItem(BaseModel):

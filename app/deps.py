@@ -15,9 +15,9 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 
-from app.engines import Engines
+from app.engines import ServedEngines
 from app.errors import ApiError
-from app.settings import Settings
+from core.settings import Settings
 
 ANONYMOUS = "anonymous"
 
@@ -30,7 +30,7 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def get_engines(request: Request) -> Engines:
+async def get_engines(request: Request) -> ServedEngines:
     engines = getattr(request.app.state, "engines", None)
     if engines is None:  # only while the lifespan has not run (e.g. a client used without `with`)
         raise ApiError("model_not_ready", "the service is starting", headers={"Retry-After": "5"})
@@ -43,7 +43,7 @@ async def get_redis(request: Request) -> Redis:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-EnginesDep = Annotated[Engines, Depends(get_engines)]
+EnginesDep = Annotated[ServedEngines, Depends(get_engines)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 
 

@@ -1,7 +1,9 @@
 """One error shape for every 4xx/5xx: {"error": {"code", "message", "details"}}.
 
-`ApiError` is what route code raises; domain exceptions from `models/` are mapped
-here so handlers never need to catch them.
+`ApiError` is what HTTP-layer code raises (request parsing, uploads, limits); the
+domain errors raised below it (`core.errors.ServiceError`, `models.errors.TaesarError`)
+are mapped here, code to status by `STATUS_BY_CODE`, so handlers never need to catch
+them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from app.logging import get_logger, log_event
+from core.errors import ServiceError
+from core.logging import get_logger, log_event
 from models.errors import TaesarError
 
 CLIENT_CLOSED_REQUEST = 499  # logged and counted, never sent: the client is gone
@@ -192,6 +195,12 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return error_response(code, message, headers=exc.headers)
 
 
+async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    # the service core builds these details itself: already bounded, echoed as they are
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+    return error_response(exc.code, exc.message, exc.details, headers)
+
+
 async def _taesar_error(request: Request, exc: TaesarError) -> JSONResponse:
     details = {
         str(k): _clip(v) if not isinstance(v, list) else [_clip(x) for x in v[:50]] for k, v in exc.details.items()
@@ -244,5 +253,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ServiceError, _service_error)  # type: ignore[arg-type]
     app.add_exception_handler(TaesarError, _taesar_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)

@@ -11,18 +11,19 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from redis.asyncio import Redis
 
-from app import metrics
 from app.deps import get_caller
-from app.engines import apply_torch_threads, load_engines
+from app.engines import load_served_engines
 from app.errors import install_error_handlers
-from app.logging import configure_logging, get_logger, log_event
 from app.middleware import BodyLimit, RequestObserver
 from app.routes import docs, document_one_error_shape, document_parsed_bodies, health, jobs, models, regenerate
 from app.routes.catalogue import router as catalogue_router
 from app.routes.job_list import router as job_list_router
 from app.routes.ui import install_ui
-from app.schemas import RegenerateRequest
-from app.settings import Settings, get_settings
+from core import metrics
+from core.engines import apply_torch_threads
+from core.logging import configure_logging, get_logger, log_event
+from core.schemas import RegenerateRequest
+from core.settings import Settings, get_settings
 
 REDIS_TIMEOUT_S = 0.5  # fail fast: readiness and job calls must answer, not queue up behind a dead Redis
 log = get_logger("app")
@@ -42,7 +43,7 @@ Every error answers `{"error": {"code", "message", "details"}}`.
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     # loading hashes and parses every weight file: keep it off the event loop
-    engines = await anyio.to_thread.run_sync(load_engines, settings)
+    engines = await anyio.to_thread.run_sync(load_served_engines, settings)
     metrics.set_models(len(engines.engines), len(engines.failures))
     app.state.engines = engines
     app.state.redis = Redis.from_url(

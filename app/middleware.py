@@ -18,8 +18,8 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import metrics
-from app.logging import get_logger, log_event
+from core import metrics
+from core.logging import get_logger, log_event
 
 log = get_logger("http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

@@ -30,7 +30,7 @@ import anyio.lowlevel
 from pydantic import ValidationError
 
 from app.errors import ApiError, sanitize_errors
-from app.schemas import RegenerateRequest, SequenceIn
+from core.schemas import RegenerateRequest, SequenceIn
 
 SLICE_CHARS = 256 * 1024  # characters decoded between two turns of the event loop
 _DECODER = json.JSONDecoder()
@@ -96,27 +96,32 @@ async def parse_regenerate_body(body: bytes, max_sequences: int, max_items: int)
         if t.peek():
             raise bad_json("Extra data", t.at)
         return _validate(whole, _Checked())
-    t.at += 1
+    fields, checked = await _members(t, max_sequences, max_items)
+    if t.peek():
+        raise bad_json("Extra data", t.at)
+    return _validate(fields, checked, max_items)
+
+
+async def _members(t: _Text, max_sequences: int, max_items: int) -> tuple[dict[str, Any], _Checked]:
+    """Decode the body object's members; `sequences` element by element (`_sequences`)."""
+    t.at += 1  # the "{"
     fields: dict[str, Any] = {}
     checked = _Checked()
     if t.peek() == "}":
         t.at += 1
-    else:
-        while True:
-            if t.peek() != '"':
-                raise bad_json("Expecting property name enclosed in double quotes", t.at)
-            key = t.value()
-            t.expect(":")
-            if key == "sequences" and t.peek() == "[":
-                checked = await _sequences(t, max_sequences, max_items)
-                fields[key] = checked.sequences
-            else:
-                fields[key] = t.value()
-            if t.expect(",}") == "}":
-                break
-    if t.peek():
-        raise bad_json("Extra data", t.at)
-    return _validate(fields, checked, max_items)
+        return fields, checked
+    while True:
+        if t.peek() != '"':
+            raise bad_json("Expecting property name enclosed in double quotes", t.at)
+        key = t.value()
+        t.expect(":")
+        if key == "sequences" and t.peek() == "[":
+            checked = await _sequences(t, max_sequences, max_items)
+            fields[key] = checked.sequences
+        else:
+            fields[key] = t.value()
+        if t.expect(",}") == "}":
+            return fields, checked
 
 
 @dataclass

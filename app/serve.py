@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from app.logging import configure_logging, get_logger, log_event
-from app.settings import get_settings
+from core.logging import configure_logging, get_logger, log_event
+from core.settings import get_settings
 
 log = get_logger("serve")
 

@@ -33,7 +33,7 @@ from fastapi import Request
 from pydantic import ValidationError
 
 from app.errors import ApiError, sanitize_errors
-from app.schemas import RegenerateRequest, SequenceIn
+from core.schemas import RegenerateRequest, SequenceIn
 
 NDJSON = "application/x-ndjson"
 GZIP_TYPES = frozenset({"application/gzip", "application/x-gzip"})

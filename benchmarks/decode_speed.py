@@ -38,6 +38,7 @@ from models.catalogue import Catalogue
 from models.decoding import Regenerated, Regenerator
 from models.decoding_reference import reference_regenerate
 from models.sasrec import SASRec, SASRecConfig
+from models.tally import Tally
 
 
 @dataclass
@@ -222,11 +223,7 @@ def exact_work_floor(world: World, results: list[Regenerated], ref_wall: float, 
 
 
 def _actions(results: list[Regenerated]) -> dict[str, int]:
-    total = {"kept": 0, "replaced": 0, "discarded": 0}
-    for r in results:
-        for k, v in r.stats.items():
-            total[k] += v
-    return total
+    return Tally.total(r.stats for r in results).as_dict()
 
 
 def _print_compare(row: dict) -> None:

@@ -94,12 +94,12 @@ def run_cli(bundle: Path, target: str, device: str, src: Path, out: Path) -> flo
 
 def run_cli_engine(bundle: Path, target: str, device: str, src: Path, out: Path) -> float:
     """What `taesar regenerate` does after loading the bundle: decode + write JSONL."""
-    from app.engines import resolve_device
     from models.bundle import load_bundle
     from models.decoding import Regenerator, regenerate_external
+    from models.device import resolve_device
     from models.output import read_jsonl_input, to_output_line, write_jsonl
 
-    dev = resolve_device(device)
+    dev = str(resolve_device(device))
     b = load_bundle(bundle, device=dev)
     engine = Regenerator(b.catalogue, b.mixed, b.experts, device=dev)
     records = list(read_jsonl_input(src))

@@ -162,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from app.settings import Settings
+    from core.queue import queue_name
+    from core.settings import Settings
     from taesar_client import TaesarClient
-    from workers.celery_app import queue_name
 
     prefix = f"load-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="load-") as tmp:

@@ -80,7 +80,7 @@ def serve(model_dir: Path, device: str = "cpu", **settings: Any) -> Iterator[tup
     import uvicorn
 
     from app.main import create_app
-    from app.settings import Settings
+    from core.settings import Settings
 
     values: dict[str, Any] = {"key_prefix": f"bench-{uuid.uuid4().hex[:8]}", "log_level": "WARNING", **settings}
     app = create_app(Settings(_env_file=None, model_dir=model_dir, device=device, **values))  # type: ignore[call-arg]

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from app.errors import ApiError
 from app.regenerate_body import parse_regenerate_body
-from app.schemas import RegenerateRequest
+from core.schemas import RegenerateRequest
 
 CAP = 8 << 20  # the default /regenerate body cap: TAESAR_MAX_BODY_BYTES / 8
 

@@ -72,7 +72,7 @@ def in_process_server(model_dir: Path, device: str) -> Iterator[str]:
     import uvicorn
 
     from app.main import create_app
-    from app.settings import Settings
+    from core.settings import Settings
 
     settings = Settings(_env_file=None, model_dir=model_dir, device=device, log_level="WARNING")
     sock = socket.socket()

@@ -41,6 +41,7 @@ from models.decoding import Regenerator
 from models.importers import read_interactions
 from models.pretrain import TrainConfig, pretrain
 from models.sasrec import SASRecConfig
+from models.tally import Tally
 from models.training import resolve_device
 
 K_CORE = 3
@@ -187,9 +188,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         engine = Regenerator(b.catalogue, b.mixed, b.experts, device=device, **budget(args))
         sequences = [train_part(s, 1) for s in ds.sequences[: args.decode_users]]
         started = time.perf_counter()
-        counts = dict.fromkeys(("kept", "replaced", "discarded"), 0)
-        for r in engine.iter_regenerate(sequences, target):
-            counts = {k: n + r.stats[k] for k, n in counts.items()}
+        counts = Tally.total(r.stats for r in engine.iter_regenerate(sequences, target)).as_dict()
         seconds = time.perf_counter() - started
         rec.update(target=target, sequences=len(sequences), sequences_per_s=round(len(sequences) / seconds, 2))
         rec.update(counts, memory_budget_mb=engine.memory_budget_mb)

@@ -160,6 +160,38 @@ class Catalogue:
         return self.info.title(str(item)) if self.info is not None else None
 
 
+# -- the unknown-item check ----------------------------------------------------------
+
+ECHO_CHARS = 100  # of an unknown item id quoted back in the error
+
+
+def check_known(
+    catalogue: Catalogue, sequences: Iterable[Sequence[str | int]], *, first: int = 0, unit: str = "sequence"
+) -> None:
+    """Raise `unknown_item_error` for the first item of `sequences` that is not in the
+    catalogue, or nothing. The sequences are numbered from `first` as `unit`s (the
+    index in a whole job, a line number of an upload)."""
+    for k, seq in enumerate(sequences):
+        position = first_unknown(catalogue, seq)
+        if position is not None:
+            raise unknown_item_error(seq[position], position, first + k, unit)
+
+
+def first_unknown(catalogue: Catalogue, sequence: Sequence[str | int]) -> int | None:
+    """The position of the first item of `sequence` that is not in the catalogue."""
+    get = catalogue.get
+    return next((j for j, item in enumerate(sequence) if get(item) is None), None)
+
+
+def unknown_item_error(item: str | int, position: int, number: int, unit: str = "sequence") -> UnknownItemError:
+    """The one error for an unknown item: where it is, and (at most `ECHO_CHARS` of) its id."""
+    shown = str(item)[:ECHO_CHARS]
+    return UnknownItemError(
+        f"unknown item {shown!r} at position {position} of {unit} {number}",
+        {"item": shown, unit: number, "position": position},
+    )
+
+
 def _natural_key(item: str) -> tuple[int, int | str]:
     # numeric ids sort numerically ("2" < "10"), others lexically, numbers first
     return (0, int(item)) if item.isdigit() else (1, item)

@@ -45,3 +45,7 @@ class ConfigError(TaesarError):
     small for its catalogue)."""
 
     code = "bad_config"
+
+
+class DeviceError(ConfigError):
+    """A device that this machine does not have (e.g. cuda without a CUDA device)."""

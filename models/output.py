@@ -67,7 +67,7 @@ def to_output_line(
         "target_domain": target,
         "sequence": [catalogue.external(i) for i in result.sequence],
         "decisions": [_decision(d, catalogue) for d in result.decisions],
-        "stats": dict(result.stats),
+        "stats": result.stats.as_dict(),
     }
     if titles and catalogue.info is not None and catalogue.info.titles:
         line["titles"] = catalogue.info.titles_of(named_items(line))

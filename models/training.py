@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.device import resolve_device
 from models.distributed import Dist, all_sum, deal
 from models.losses import DEFAULT_LOGITS_BUDGET_MB, LOGIT_BYTES, budget_bytes, chunk_shape, linear_cross_entropy
 from models.metrics import SCORE_BYTES, rank_of_dot_targets
@@ -128,16 +129,6 @@ def length_buckets(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
 
 
 # -- training ------------------------------------------------------------------------
-
-
-def resolve_device(name: str, dist: Dist | None = None) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available")
-    if name == "cuda" and dist is not None:
-        return torch.device("cuda", dist.local_rank)
-    return torch.device(name)
 
 
 def _autocast(device: torch.device) -> torch.autocast:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from app.main import create_app
-from app.settings import Settings
+from core.settings import Settings
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

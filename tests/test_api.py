@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from app.cli import app as cli
 from app.deps import caller_id, key_matches
-from app.schemas import ErrorResponse, ModelList, RegenerateResponse
+from core.schemas import ErrorResponse, ModelList, RegenerateResponse
 from tests.api_support import api_client, closed_port_url, model_dir_with, settings_for
 
 pytestmark = pytest.mark.anyio
@@ -196,7 +196,7 @@ async def test_ablations_are_accepted_and_change_nothing_for_target_items(model_
 
 
 async def test_decoding_runs_off_the_event_loop(model_dir: Path, catalogue: dict, monkeypatch) -> None:
-    from app.engines import Engine
+    from core.engines import Engine
 
     real = Engine.regenerate
 

@@ -18,7 +18,7 @@ import pytest
 
 from app.errors import STATUS_BY_CODE, ApiError
 from app.main import create_app
-from app.schemas import ErrorResponse
+from core.schemas import ErrorResponse
 from models.errors import DataError
 from tests.api_support import api_client, model_dir_with, settings_for
 

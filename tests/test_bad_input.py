@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from app.errors import STATUS_BY_CODE
-from app.schemas import ErrorResponse
+from core.schemas import ErrorResponse
 from tests.api_support import REDIS_URL, api_client, delete_prefix, model_dir_with, settings_for
 
 pytestmark = pytest.mark.anyio

@@ -21,9 +21,9 @@ import httpx
 import pytest
 
 from app.batching import BatchPolicy, MicroBatcher
-from app.engines import Engines
+from app.engines import ServedEngines
 from app.main import create_app
-from app.settings import Settings
+from core.settings import Settings
 from tests.api_support import model_dir_with, settings_for
 
 pytestmark = pytest.mark.anyio
@@ -36,7 +36,7 @@ def model_dir(tiny_bundle: Path, tmp_path: Path) -> Path:
 
 
 @asynccontextmanager
-async def served(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Engines]]:
+async def served(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, ServedEngines]]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # a 500 is an answer here
@@ -75,13 +75,13 @@ async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> No
         await asyncio.sleep(0.002)
 
 
-def queued(engines: Engines) -> int:
+def queued(engines: ServedEngines) -> int:
     batcher = engines.batcher(MODEL)
     return batcher.queued_calls if batcher is not None else 0
 
 
 async def post_behind_a_held_call(
-    client: httpx.AsyncClient, engines: Engines, gate: Gate, bodies: list[dict[str, Any]]
+    client: httpx.AsyncClient, engines: ServedEngines, gate: Gate, bodies: list[dict[str, Any]]
 ) -> list[httpx.Response]:
     """Send bodies[0] (its engine call held by the gate), queue the others behind it, release."""
     tasks = [asyncio.create_task(client.post("/regenerate", json=bodies[0]))]

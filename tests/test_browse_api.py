@@ -184,7 +184,7 @@ def test_the_wheel_ships_the_page(tmp_path: Path) -> None:
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(root / name, src / name)
-    for package in ("app", "models", "workers"):
+    for package in ("app", "core", "models", "workers"):
         shutil.copytree(root / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q"]
     subprocess.run(

@@ -52,7 +52,7 @@ def live_api(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     import uuid
 
     from app.main import create_app
-    from app.settings import Settings
+    from core.settings import Settings
     from tests.live_server import catalogue_sample, live_server
 
     model_dir = tmp_path_factory.mktemp("sdk-e2e") / "models"

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.settings import Settings
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"

@@ -67,7 +67,7 @@ class Rendered:
 @pytest.fixture(scope="module")
 def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocsServer]:
     from app.main import create_app
-    from app.settings import Settings
+    from core.settings import Settings
     from tests.live_server import live_server
 
     # no model is needed to serve the docs: an empty model folder keeps this test fast

@@ -297,7 +297,7 @@ def test_regeneration_invariants(case) -> None:
             if d.action != "discard":
                 rebuilt.append(d.item if d.action == "keep" else d.replacement)
         assert rebuilt == r.sequence
-        assert sum(r.stats.values()) == len(seq)
+        assert r.stats.decided == len(seq)
         assert r.stats["kept"] + r.stats["replaced"] == len(r.sequence)
     again = world.regenerator(batch_size=3).regenerate(seqs, target)
     assert decision_view(again) == decision_view(results)
@@ -321,7 +321,7 @@ def test_consecutive_duplicates_collapse_into_the_first_copy(world: World) -> No
     (r,) = world.regenerator().regenerate([[tgt, tgt, tgt]], "dom1")
     assert r.sequence == [tgt]
     assert [(d.action, d.reason) for d in r.decisions] == [("keep", None)] + [("discard", "duplicate")] * 2
-    assert r.stats == {"kept": 1, "replaced": 0, "discarded": 2}
+    assert r.stats.as_dict() == {"kept": 1, "replaced": 0, "discarded": 2}
 
 
 def test_drop_repeats_discards_replacements_already_in_the_row_and_keeps_target_items() -> None:
@@ -351,7 +351,7 @@ def test_duplicate_of_a_replacement_keeps_its_replacement_field(world: World, se
 
 def test_empty_sequences_and_out_of_range_ids(world: World) -> None:
     (r,) = world.regenerator().regenerate([[]], "dom0")
-    assert r.sequence == [] and r.decisions == [] and r.stats == {"kept": 0, "replaced": 0, "discarded": 0}
+    assert r.sequence == [] and r.decisions == [] and r.stats.as_dict() == {"kept": 0, "replaced": 0, "discarded": 0}
     with pytest.raises(UnknownItemError, match="sequence 1"):
         world.regenerator().regenerate([[0], [world.catalogue.n_items]], "dom0")
 

@@ -429,8 +429,8 @@ def test_a_poisoned_chunk_fails_its_job_at_once_with_a_clear_error(
     no retry, no redelivery loop, and the owner reads why."""
     import anyio
 
-    from app.jobstore import JobSpec, JobStore
-    from workers.celery_app import TASK_PROCESS_CHUNK, create_celery
+    from core.jobstore import JobSpec, JobStore
+    from core.queue import TASK_PROCESS_CHUNK, create_celery
 
     settings = settings_for(model_dir, key_prefix=shared_prefix, api_keys=[KEY], job_ttl_s=3600)
     from app.deps import caller_id
@@ -600,8 +600,8 @@ def test_retry_countdowns_stay_under_half_the_visibility_timeout(model_dir: Path
 
 
 def create_celery_options(visibility_timeout_s: int) -> dict[str, Any]:
-    from app.settings import Settings
-    from workers.celery_app import create_celery
+    from core.queue import create_celery
+    from core.settings import Settings
 
     settings = Settings(_env_file=None, visibility_timeout_s=visibility_timeout_s)  # type: ignore[call-arg]
     return create_celery(settings).conf.broker_transport_options

@@ -12,6 +12,8 @@ import gzip
 import json
 import os
 import random
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +27,7 @@ import httpx
 import pytest
 import redis
 
-from app.settings import Settings
+from core.settings import Settings
 from tests.api_support import REDIS_URL, api_client, closed_port_url, delete_prefix, model_dir_with, settings_for
 from workers.main import worker_argv
 
@@ -44,8 +46,8 @@ def model_dir(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 class Worker:
-    def __init__(self, proc: subprocess.Popen, log: Path, prefix: str) -> None:
-        self.proc, self.log, self.prefix = proc, log, prefix
+    def __init__(self, proc: subprocess.Popen, log: Path, prefix: str, metrics_port: int) -> None:
+        self.proc, self.log, self.prefix, self.metrics_port = proc, log, prefix, metrics_port
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -55,6 +57,7 @@ class Worker:
 def worker(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     prefix = f"test-jobs-{uuid.uuid4().hex[:8]}"
     log = tmp_path_factory.mktemp("worker") / "worker.log"
+    metrics_port = free_port()
     env = {
         **os.environ,
         "TAESAR_MODEL_DIR": str(model_dir),
@@ -62,6 +65,7 @@ def worker(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "TAESAR_REDIS_URL": REDIS_URL,
         "TAESAR_DEVICE": "cpu",
         "TAESAR_LOG_LEVEL": "INFO",
+        "TAESAR_WORKER_METRICS_PORT": str(metrics_port),
         # the worker shares the CPUs with this process (and its /regenerate calls): one
         # torch thread each, or OpenMP threads spin against each other
         "OMP_NUM_THREADS": "1",
@@ -69,7 +73,7 @@ def worker(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app", *worker_argv(1, "INFO"), "-n", f"{prefix}@%h"]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1])
-    w = Worker(proc, log, prefix)
+    w = Worker(proc, log, prefix, metrics_port)
     try:
         deadline = time.monotonic() + 60
         while "ready." not in log.read_text(errors="replace"):
@@ -84,6 +88,12 @@ def worker(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         except subprocess.TimeoutExpired:
             proc.kill()
         delete_prefix(prefix)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -172,6 +182,33 @@ async def test_a_5000_sequence_job_returns_every_result_in_input_order_equal_to_
     r = redis.Redis.from_url(REDIS_URL)
     assert all(0 < r.ttl(k) <= 3600 for k in keys)
     r.close()
+
+
+async def test_the_worker_serves_the_metrics_of_the_jobs_it_ends(
+    worker: Worker, model_dir: Path, catalogue: dict
+) -> None:
+    def scrape() -> dict[str, float]:
+        text = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=5).text
+        wanted = {
+            "succeeded": r'^taesar_jobs_total\{event="succeeded"\} (\S+)$',
+            "durations": r'^taesar_job_duration_seconds_count\{status="succeeded"\} (\S+)$',
+            "sequences": r'^taesar_sequences_total\{model="tiny",source="job",target="[^"]*"\} (\S+)$',
+        }
+        found = {k: re.findall(pattern, text, flags=re.M) for k, pattern in wanted.items()}
+        return {k: sum(float(v) for v in values) for k, values in found.items()}
+
+    before = scrape()
+    seqs = make_sequences(catalogue, 7, seed=3)
+    async with api_client(job_settings(model_dir, worker.prefix, chunk_size=3)) as client:
+        r = await client.post(
+            "/jobs", json={"target_domain": catalogue["domains"][0], "sequences": seqs}, headers=KEY_A
+        )
+        assert r.status_code == 202, r.text
+        assert (await wait_for(client, r.json()["id"], worker))["status"] == "succeeded"
+    after = scrape()
+    assert after["succeeded"] == before["succeeded"] + 1
+    assert after["durations"] == before["durations"] + 1
+    assert after["sequences"] == before["sequences"] + 7
 
 
 async def test_gzip_uploads_are_accepted_with_or_without_content_encoding(

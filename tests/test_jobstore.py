@@ -14,7 +14,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from app.jobstore import (
+from core.jobstore import (
     BadChunk,
     ChunkSkip,
     ChunkStore,
@@ -25,10 +25,11 @@ from app.jobstore import (
     encode_chunk,
     pending_key,
 )
+from models.tally import Tally
 from tests.api_support import REDIS_URL, delete_prefix
 
 TTL = 600
-STATS = {"kept": 1, "replaced": 2, "discarded": 3}
+STATS = Tally(kept=1, replaced=2, discarded=3)
 
 
 @pytest.fixture
@@ -111,7 +112,7 @@ def test_a_redelivered_chunk_is_stored_and_counted_once(prefix: str) -> None:
     assert complete(store, "j1", 0) == "duplicate"
     assert store.begin("j1", 0, 5) == ChunkSkip("done")  # a third delivery does no work at all
     job = store.record("j1")
-    assert (job.done, job.chunks_done, job.kept, job.replaced, job.discarded) == (2, 1, 1, 2, 3)
+    assert (job.done, job.chunks_done, job.decisions) == (2, 1, STATS)
     assert store.r.get(f"{prefix}:job:j1:in:0") is None  # input freed with the result
     assert complete(store, "j1", 1) == "succeeded"
     assert complete(store, "j1", 1) == "duplicate"  # success is reported exactly once

@@ -13,8 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 import models.decoding
-from app.engines import load_engines
-from app.settings import Settings
+from core.engines import load_engines
+from core.settings import Settings
 from tests.api_support import api_client, model_dir_with, settings_for
 from workers import loading
 

@@ -20,6 +20,7 @@ from models.output import (
     write_jsonl,
     write_recbole,
 )
+from models.tally import Tally
 
 CAT = Catalogue.build({"b1": "books", "b2": "books", "e1": "elec", "e2": "elec", "s1": "sport"})
 B1, B2, E1, E2, S1 = (CAT.dense(i) for i in ("b1", "b2", "e1", "e2", "s1"))
@@ -34,7 +35,7 @@ def sample_result() -> Regenerated:
         Decision(3, E2, ELEC, "replace", B2, None, {"global": [[B2, 1.5], [E1, 0.5]], "local": [[B2, 2.0]]}),
         Decision(4, E1, ELEC, "discard", B2, "duplicate"),
     ]
-    return Regenerated([B1, B2], decisions, {"kept": 1, "replaced": 1, "discarded": 3})
+    return Regenerated([B1, B2], decisions, Tally(kept=1, replaced=1, discarded=3))
 
 
 def test_output_line_uses_external_ids_and_domain_names_and_omits_empty_keys() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from app.errors import ApiError
 from app.regenerate_body import SLICE_CHARS, parse_regenerate_body
-from app.schemas import RegenerateRequest
+from core.schemas import RegenerateRequest
 
 pytestmark = pytest.mark.anyio
 

@@ -199,8 +199,8 @@ def test_no_code_can_unpickle_anything() -> None:
 
 
 def test_the_queue_accepts_json_messages_only() -> None:
-    from app.settings import Settings
-    from workers.celery_app import create_celery
+    from core.queue import create_celery
+    from core.settings import Settings
 
     conf = create_celery(Settings(_env_file=None)).conf  # type: ignore[call-arg]
     assert conf.accept_content == ["json"] and conf.task_serializer == "json"
@@ -243,7 +243,7 @@ async def test_logs_carry_no_keys_and_no_payloads(
 ) -> None:
     """Every kind of request (accepted, refused, unauthenticated, bulk, erroring in a worker)
     with a key and payload markers; neither shows up in any log line, of the API or a worker."""
-    from app.jobstore import JobSpec, JobStore
+    from core.jobstore import JobSpec, JobStore
     from workers import loading, tasks
 
     key = f"secret-{uuid.uuid4().hex}"

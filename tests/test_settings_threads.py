@@ -8,9 +8,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from app.engines import apply_torch_threads
 from app.main import create_app
-from app.settings import Settings
+from core.engines import apply_torch_threads
+from core.settings import Settings
 
 
 @pytest.fixture

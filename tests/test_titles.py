@@ -25,6 +25,7 @@ from models.importers import (
 )
 from models.output import to_output_line
 from models.pretrain import sample_users
+from models.tally import Tally
 from models.titles import FRAME_ATTR, ItemInfo, fold
 
 CAT = Catalogue.build({"b1": "books", "b2": "books", "e1": "elec", "e2": "elec"})
@@ -204,7 +205,7 @@ def _result() -> Regenerated:
         Decision(2, "ghost", None, "discard", None, "unknown_item"),
         Decision(3, e2, elec, "replace", b2, None, {"global": [[b2, 1.5], [e1, 0.5]], "local": [[b2, 2.0]]}),
     ]
-    return Regenerated([b1, b2], decisions, {"kept": 1, "replaced": 1, "discarded": 2})
+    return Regenerated([b1, b2], decisions, Tally(kept=1, replaced=1, discarded=2))
 
 
 def test_output_lines_carry_titles_only_when_asked_and_known() -> None:

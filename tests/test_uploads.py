@@ -9,8 +9,8 @@ import random
 import pytest
 
 from app.errors import ApiError
-from app.jobstore import ChunkEncoder, decode_chunk, encode_chunk
 from app.uploads import BOM, MAX_LINE_BYTES, SLICE_BYTES, LineSplitter, RequestDigest
+from core.jobstore import ChunkEncoder, decode_chunk, encode_chunk
 
 
 def split(data: bytes, piece: int, *, gzip_: bool = False) -> list[tuple[int, bytes]]:

@@ -86,7 +86,7 @@ def shoot_jobs(page: Page, url: str, targets: list[str], samples: list[dict[str,
 
 def run(bundle: Path, out: Path, target: str) -> None:
     from app.main import create_app
-    from app.settings import Settings
+    from core.settings import Settings
     from tests.live_server import celery_worker, live_server
 
     manifest = check_bundle(bundle)

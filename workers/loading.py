@@ -5,7 +5,7 @@ process that runs the tasks. With the prefork pool they load in each child on
 `worker_process_init`, after the fork, because a CUDA context does not survive one.
 Either way the first task loads them if the signal did not (e.g. a task called
 directly in a test). Model discovery, device choice and the Regenerator settings
-are the API's (`app.engines.load_engines`), so a worker decodes exactly as
+are the API's (`core.engines.load_engines`), so a worker decodes exactly as
 /regenerate does.
 """
 
@@ -20,10 +20,12 @@ from typing import Any
 import redis
 from celery.signals import worker_init, worker_process_init, worker_ready
 
-from app.engines import Engine, Engines, apply_torch_threads, load_engines
-from app.jobstore import ChunkInput, ChunkStore
-from app.logging import configure_logging, get_logger, log_event
-from app.settings import Settings, get_settings
+from core.engines import Engine, Engines, apply_torch_threads, decode_options, load_engines
+from core.jobstore import ChunkInput, ChunkStore
+from core.logging import configure_logging, get_logger, log_event
+from core.schemas import RegenerateOptions
+from core.settings import Settings, get_settings
+from models.tally import Tally
 
 log = get_logger("worker")
 
@@ -43,7 +45,7 @@ class WorkerContext:
         return self.engines
 
     def engine(self, model: str) -> Engine:
-        """The engine for `model`; ApiError (unknown_model / model_not_ready) if it has none."""
+        """The engine for `model`; UnknownModel or ModelNotReady (core.errors) if it has none."""
         return self.load().get(model)
 
 
@@ -81,9 +83,15 @@ def warm_up() -> None:
 
 
 @worker_init.connect
-def _json_logs(**_: Any) -> None:
+def _json_logs_and_metrics(**_: Any) -> None:
     # our events as one JSON object per line, like the API's; Celery keeps its own format
-    configure_logging(get_settings().log_level)
+    settings = get_settings()  # what context() will use; no Redis client before a fork
+    configure_logging(settings.log_level)
+    if settings.worker_metrics_port:  # this process's job metrics (core.metrics), for Prometheus
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port)
+        log_event(log, "worker_metrics", port=settings.worker_metrics_port)
 
 
 @worker_process_init.connect
@@ -109,7 +117,7 @@ class JobStopped(Exception):
 class ChunkOutput:
     jsonl: bytes
     recbole: bytes
-    stats: dict[str, int]
+    stats: Tally
 
 
 def decode_chunk(
@@ -123,35 +131,17 @@ def decode_chunk(
 ) -> ChunkOutput:
     """Decode one chunk into its NDJSON and RecBole bytes, with the line writers of
     `taesar regenerate` (models.output). `should_stop` is asked between decode batches."""
-    from app.engines import decode_options
-    from app.schemas import RegenerateOptions
-    from models.decoding import regenerate_external
-    from models.errors import UnknownItemError
-
     opts = RegenerateOptions.model_validate(options)
     if opts.unknown_items == "error":
-        get = engine.catalogue.get
-        hit = next(((s, p, i) for s, seq in enumerate(chunk.items) for p, i in enumerate(seq) if get(i) is None), None)
-        if hit is not None:
-            # named with the sequence's index in the whole job, not in this chunk
-            s, p, item = hit
-            n = chunk.first + s
-            raise UnknownItemError(
-                f"sequence {n}, position {p}: item {item[:100]!r} is not in model {engine.name!r}'s catalogue",
-                {"sequence": n, "position": p, "item": item[:100]},
-            )
+        # named with the sequence's index in the whole job, not in this chunk
+        engine.check_known(chunk.items, first=chunk.first)
 
     def progress(_: int) -> None:
         if should_stop():
             raise JobStopped
 
-    results = regenerate_external(
-        engine.regenerator,
-        chunk.items,
-        target,
-        unknown_items=opts.unknown_items,
-        options=decode_options(opts),
-        on_progress=progress,
+    results = engine.regenerate(
+        chunk.items, target, unknown_items=opts.unknown_items, options=decode_options(opts), on_progress=progress
     )
     return _encode(engine, chunk, target, results, with_recbole_header, titles=opts.include_titles)
 
@@ -162,16 +152,13 @@ def _encode(
     from models.output import JsonlWriter, RecboleWriter, to_output_line
 
     jsonl, recbole = io.StringIO(), io.StringIO()
-    stats = {"kept": 0, "replaced": 0, "discarded": 0}
     with JsonlWriter(jsonl) as lines, RecboleWriter(recbole) as rows:
         for k, (user, result) in enumerate(zip(chunk.users, results, strict=True)):
             record = to_output_line(result, engine.catalogue, target, user, titles=titles)
             lines.write(record)
             # RecBole needs a user token: a sequence without user_id gets its number in the job (from 1)
             rows.write(user if user is not None else str(chunk.first + k + 1), record["sequence"])
-            for key in stats:
-                stats[key] += result.stats[key]
     text = recbole.getvalue()
     if not header:  # the writer always starts with the header; only chunk 0 keeps it
         text = text.split("\n", 1)[1]
-    return ChunkOutput(jsonl.getvalue().encode(), text.encode(), stats)
+    return ChunkOutput(jsonl.getvalue().encode(), text.encode(), Tally.total(r.stats for r in results))

@@ -32,16 +32,16 @@ def worker_argv(concurrency: int = 1, loglevel: str = "INFO", queues: str | None
     # solo runs tasks in the main process; without --concurrency=1 Celery's banner
     # would report its default, the CPU count
     argv += ["--pool=solo" if concurrency == 1 else "--pool=prefork", f"--concurrency={concurrency}"]
-    if queues:  # default: the queue the API sends to (workers.celery_app.queue_name)
+    if queues:  # default: the queue the API sends to (core.queue.queue_name)
         argv += [f"--queues={queues}"]
     return argv
 
 
 def worker_command(concurrency: int = 1, loglevel: str = "INFO", queues: str | None = None) -> None:
     """Run a worker in this process until it is stopped (SIGTERM: warm shutdown)."""
-    from workers.celery_app import app
+    from workers import celery_app
 
-    app.worker_main(worker_argv(concurrency, loglevel, queues))
+    celery_app.app.worker_main(worker_argv(concurrency, loglevel, queues))
 
 
 # -- one solo worker per GPU -------------------------------------------------------------

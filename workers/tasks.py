@@ -1,6 +1,9 @@
 """The chunk task: load chunk -> check cancelled -> decode -> store. Thin on purpose;
 the job store makes every step safe to repeat.
 
+The task is a shared task: it belongs to whichever Celery app the process built
+(`workers.celery_app.worker_app`), under its stable name `core.queue.TASK_PROCESS_CHUNK`.
+
 Failure policy:
 - Redis unreachable (transient): retry with exponential backoff, at most MAX_RETRIES
   times, then fail the job if Redis answers by then.
@@ -15,13 +18,13 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from celery import Task
+from celery import Task, shared_task
 
-from app.errors import ApiError
-from app.jobstore import UNAVAILABLE_ERRORS, BadChunk, ChunkSkip
-from app.logging import get_logger, log_event
+from core import metrics
+from core.jobstore import UNAVAILABLE_ERRORS, BadChunk, ChunkSkip
+from core.logging import get_logger, log_event
+from core.queue import TASK_PROCESS_CHUNK
 from models.errors import TaesarError
-from workers.celery_app import TASK_PROCESS_CHUNK, app
 from workers.loading import JobStopped, WorkerContext, context, decode_chunk
 
 log = get_logger("worker")
@@ -32,7 +35,7 @@ BACKOFF_S = 2.0  # 2, 4, 8, 16, 32 s: rides out a Redis restart or failover
 MAX_DELIVERIES = MAX_RETRIES + 4
 
 
-@app.task(name=TASK_PROCESS_CHUNK, bind=True, max_retries=MAX_RETRIES)
+@shared_task(name=TASK_PROCESS_CHUNK, bind=True, max_retries=MAX_RETRIES)
 def process_chunk(self: Task, job_id: str, chunk_index: int) -> str:
     ctx = context()
     try:
@@ -66,20 +69,23 @@ def run_chunk(ctx: WorkerContext, job_id: str, index: int) -> str:
             with_recbole_header=index == 0,
             should_stop=lambda: ctx.store.status(job_id) not in ("queued", "running"),
         )
+        sequences = len(work.chunk.items)
         outcome = ctx.store.complete(
-            job_id, index, sequences=len(work.chunk.items), stats=out.stats, jsonl=out.jsonl, recbole=out.recbole
+            job_id, index, sequences=sequences, stats=out.stats, jsonl=out.jsonl, recbole=out.recbole
         )
     except UNAVAILABLE_ERRORS:
         raise
     except JobStopped:
         outcome = "stopped"
-    except (TaesarError, ApiError) as exc:
+    except TaesarError as exc:  # the domain errors of models/ and core/ alike
         return _fail(ctx, job_id, exc.code, exc.message, exc.details)
     except BadChunk as exc:
         return _fail(ctx, job_id, "bad_data", f"chunk {index}: {exc}")
     except Exception as exc:  # a bug must fail the job, not loop through redeliveries
         log_event(log, "chunk_crashed", level=40, job_id=job_id, chunk=index, exc_info=exc)
         return _fail(ctx, job_id, "internal_error", f"chunk {index}: {type(exc).__name__}: {exc}")
+    if outcome in ("stored", "succeeded"):  # counted once, like the job's own counters
+        metrics.observe_decisions("job", work.model, work.target_domain, sequences, out.stats)
     log_event(log, "chunk_done", job_id=job_id, chunk=index, outcome=outcome)
     return outcome
 

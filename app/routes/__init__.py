@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from app.errors import STATUS_BY_CODE
-from app.schemas import ErrorResponse
+from core.schemas import ErrorResponse
 
 _EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
     "bad_json": ("request body is not valid JSON: Expecting ',' delimiter", {"position": 57}),

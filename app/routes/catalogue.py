@@ -20,10 +20,10 @@ from app.browse_schemas import (
     SampleUser,
 )
 from app.deps import EnginesDep
-from app.engines import Engine
 from app.routes import error_responses
 from app.routes.models import _EXAMPLE as MODEL_LIST_EXAMPLE
 from app.routes.models import model_info
+from core.engines import Engine
 
 router = APIRouter(prefix="/models", tags=["models"])
 

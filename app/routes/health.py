@@ -7,11 +7,11 @@ import asyncio
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from app import metrics
 from app.deps import EnginesDep, RedisDep
 from app.errors import error_response
 from app.routes import error_responses
-from app.schemas import Health, Readiness
+from core import metrics
+from core.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
 

@@ -1,4 +1,4 @@
-"""GET /jobs: the caller's recent jobs (app/joblist.py keeps the list)."""
+"""GET /jobs: the caller's recent jobs (core/jobstore/owners.py keeps the list)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from fastapi import APIRouter, Query, Request
 
 from app.browse_schemas import JobList
 from app.deps import CallerDep
-from app.joblist import recent_jobs
 from app.routes import error_responses
-from app.routes.jobs import _EXAMPLE_JOB, StoreDep, job_info, redis_errors
+from app.routes.jobs import StoreDep, job_info, redis_errors
+from app.routes.jobs_openapi import EXAMPLE_JOB
+from core.jobstore.owners import recent_jobs
 
 router = APIRouter(tags=["jobs"])
 
@@ -22,7 +23,7 @@ MAX_LISTED = 100
     response_model=JobList,
     summary="The caller's recent jobs, newest first (those that have not expired)",
     responses={
-        200: {"content": {"application/json": {"example": {"jobs": [{**_EXAMPLE_JOB, "status": "running"}]}}}},
+        200: {"content": {"application/json": {"example": {"jobs": [{**EXAMPLE_JOB, "status": "running"}]}}}},
         **error_responses("unauthorized", "validation_error", "redis_unavailable"),
     },
 )

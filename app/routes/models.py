@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.deps import CallerDep, EnginesDep
-from app.engines import Engine
 from app.routes import error_responses
-from app.schemas import DomainInfo, ModelInfo, ModelList, ModelLoadError
+from core.engines import Engine
+from core.schemas import DomainInfo, ModelInfo, ModelList, ModelLoadError
 
 router = APIRouter(tags=["models"])
 

@@ -22,14 +22,15 @@ from fastapi import APIRouter, Request, Response
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
-from app import metrics
 from app.deps import CallerDep, EnginesDep, SettingsDep
-from app.engines import Engine, decode_options
 from app.errors import ApiError, is_json
 from app.regenerate_body import parse_regenerate_body
 from app.routes import error_responses
-from app.schemas import RegenerateRequest, RegenerateResponse
-from app.settings import Settings
+from core import metrics
+from core.engines import Engine, decode_options
+from core.schemas import RegenerateRequest, RegenerateResponse
+from core.settings import Settings
+from models.tally import Tally
 
 T = TypeVar("T")
 
@@ -86,7 +87,7 @@ _RESPONSE_EXAMPLE = {
 }
 
 
-def render(engine: Engine, body: RegenerateRequest, results: list[Any]) -> tuple[bytes, dict[str, int]]:
+def render(engine: Engine, body: RegenerateRequest, results: list[Any]) -> tuple[bytes, Tally]:
     """Encode the engine's results as the response (runs in the decode thread): (JSON bytes, totals)."""
     from models.output import to_output_line
 
@@ -97,8 +98,8 @@ def render(engine: Engine, body: RegenerateRequest, results: list[Any]) -> tuple
         to_output_line(r, engine.catalogue, target, s.user_id, titles=titles)
         for s, r in zip(body.sequences, results, strict=True)
     ]
-    totals = {k: sum(r.stats[k] for r in results) for k in ("kept", "replaced", "discarded")}
-    payload = {"model": engine.name, "target_domain": target, "results": lines, "stats": totals}
+    totals = Tally.total(r.stats for r in results)
+    payload = {"model": engine.name, "target_domain": target, "results": lines, "stats": totals.as_dict()}
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(), totals
 
 

@@ -7,10 +7,9 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
-from models.catalogue import Catalogue
+from models.catalogue import Catalogue, check_known, unknown_item_error
 from models.decoding.engine import ProgressFn, Regenerator
 from models.decoding.results import Decision, DecodeOptions, Regenerated, decision_stats
-from models.errors import UnknownItemError
 
 
 def regenerate_external(
@@ -26,8 +25,7 @@ def regenerate_external(
     (checked for all sequences before any decoding) or, with unknown_items="drop",
     are discarded with reason "unknown_item" and take no part in decoding."""
     if unknown_items == "error":
-        for k, seq in enumerate(sequences):
-            _encode(regenerator.catalogue, seq, k, strict=True)
+        check_known(regenerator.catalogue, sequences)
     return list(
         iter_regenerate_external(
             regenerator, sequences, target, unknown_items=unknown_items, options=options, on_progress=on_progress
@@ -67,10 +65,7 @@ def _encode(catalogue: Catalogue, seq: Sequence[str | int], k: int, *, strict: b
         d = catalogue.get(item)
         if d is None:
             if strict:
-                raise UnknownItemError(
-                    f"unknown item {item!r} at position {j} of sequence {k}",
-                    {"item": str(item), "sequence": k, "position": j},
-                )
+                raise unknown_item_error(item, j, k)
             continue
         dense.append(d)
         positions.append(j)

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from models.tally import Tally
+
 Action = Literal["keep", "replace", "discard"]
 
 
@@ -45,7 +47,7 @@ class Decision:
 class Regenerated:
     sequence: list[int]  # dense ids of target items
     decisions: list[Decision]  # one per input item, in input order
-    stats: dict[str, int]  # {"kept", "replaced", "discarded"}
+    stats: Tally
 
 
 NO_CONTEXT = -2  # raw code: a source item at position 0
@@ -88,8 +90,5 @@ def assemble(
     return Regenerated(sequence, decisions, decision_stats(decisions))
 
 
-def decision_stats(decisions: Sequence[Decision]) -> dict[str, int]:
-    counts = {"kept": 0, "replaced": 0, "discarded": 0}
-    for d in decisions:
-        counts[{"keep": "kept", "replace": "replaced", "discard": "discarded"}[d.action]] += 1
-    return counts
+def decision_stats(decisions: Sequence[Decision]) -> Tally:
+    return Tally.of_actions(d.action for d in decisions)

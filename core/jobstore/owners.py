@@ -1,4 +1,4 @@
-"""Each caller's recent jobs, for `GET /jobs`: one Redis sorted set per caller.
+"""Each caller's recent jobs, for the API's `GET /jobs`: one Redis sorted set per caller.
 
     P:owner:{caller}:jobs   zset   job id -> created_at (seconds); expires with the newest job
 
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 
-from app.jobstore import JobRecord, JobStore
+from core.jobstore.records import STAGING, JobRecord
+from core.jobstore.submissions import JobStore
 
 MAX_REMEMBERED = 1000
 
@@ -45,5 +46,5 @@ async def recent_jobs(store: JobStore, owner: str, limit: int) -> list[JobRecord
     return [
         JobRecord.from_hash(job_id, h)
         for job_id, h in zip(ids, hashes, strict=True)
-        if h and h.get(b"status") != b"staging" and h.get(b"owner", b"").decode() == owner
+        if h and h.get(b"status") != STAGING.encode() and h.get(b"owner", b"").decode() == owner
     ]

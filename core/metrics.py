@@ -1,9 +1,15 @@
-"""Prometheus metrics of the API process, served at /metrics.
+"""Prometheus metrics of the service: the API serves its own at /metrics, a worker its
+own on `TAESAR_WORKER_METRICS_PORT`.
 
 Metrics live in the process-wide default registry (that is what prometheus-client
 and its scrapers expect); the helpers below are the only writers, so the names and
 label sets stay in one place. Label values are bounded: routes are path *templates*
 (`/jobs/{job_id}`), never raw paths, and unmatched paths share one label.
+
+The API writes the request, /regenerate, submission and cancellation metrics; a worker
+writes the job-side ones: `source="job"` decisions and the jobs it finishes (succeeded
+or failed) with their durations. Each job's end is observed once, by the process whose
+job-store step made it final (`core.jobstore`).
 
 With several uvicorn workers, set PROMETHEUS_MULTIPROC_DIR so /metrics aggregates
 every worker process instead of answering for whichever one took the scrape.
@@ -22,6 +28,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from models.tally import Tally
 
 # Fine buckets at the low end: /regenerate of one sequence is a few milliseconds.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -74,11 +82,11 @@ def observe_request(method: str, route: str, status: int, seconds: float) -> Non
     LATENCY.labels(method, route).observe(seconds)
 
 
-def observe_decisions(source: str, model: str, target: str, sequences: int, stats: dict[str, int]) -> None:
+def observe_decisions(source: str, model: str, target: str, sequences: int, tally: Tally) -> None:
     """Count one batch of regenerated sequences; `source` is "sync" (/regenerate) or "job"."""
     SEQUENCES.labels(source, model, target).inc(sequences)
-    for action, key in (("keep", "kept"), ("replace", "replaced"), ("discard", "discarded")):
-        DECISIONS.labels(source, model, target, action).inc(stats.get(key, 0))
+    for action, count in tally.by_action().items():
+        DECISIONS.labels(source, model, target, action).inc(count)
 
 
 def observe_decode(model: str, seconds: float) -> None:
@@ -95,12 +103,15 @@ def set_queue_depth(sequences: int) -> None:
 
 
 def count_job(event: str) -> None:
-    """A job event: submitted, deduplicated (idempotency hit), rejected, cancelled, ..."""
+    """A job event: submitted, deduplicated (idempotency hit), rejected, and the final
+    states succeeded, failed, cancelled."""
     JOBS.labels(event).inc()
 
 
-def observe_job_duration(status: str, seconds: float) -> None:
-    """Call once per job when it reaches a final state (succeeded, failed, cancelled)."""
+def observe_job_finished(status: str, seconds: float) -> None:
+    """A job reached its final state (succeeded, failed, cancelled) `seconds` after its
+    submission: called once per job, by whoever made the transition."""
+    count_job(status)
     JOB_DURATION.labels(status).observe(seconds)
 
 

@@ -1,5 +1,10 @@
 """Service settings: one pydantic-settings class, read from TAESAR_* environment variables
-(or a .env file) and validated at start-up."""
+(or a .env file) and validated at start-up.
+
+`get_settings()` reads the environment once, when an entry point (the API's
+`create_app`, `taesar serve`, a worker's Celery app) first asks for it; everything below
+an entry point receives the `Settings` object instead, so tests build any number of
+differently configured services and workers in one process."""
 
 from __future__ import annotations
 
@@ -68,6 +73,9 @@ class Settings(BaseSettings):
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "INFO"
+    worker_metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="a worker serves its Prometheus metrics on this port (off when unset)"
+    )
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
