@@ -7,7 +7,7 @@ RUN ?= runs/ml100k
 # The CPU build of torch; GPU users: see README "GPU install".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test lint redis ml100k-wheel clean
+.PHONY: setup demo test lint redis ml100k-wheel screenshots clean
 
 # The SDK (sdk/, distribution taesar-client) is installed next to the service: the
 # tests, the benchmarks and app.client use it.
@@ -43,6 +43,12 @@ lint: setup
 
 test: setup redis lint ml100k-wheel
 	$(BIN)/python -m pytest
+
+# docs/ui-*.png, the web page's three views on `make demo`'s bundle (README shows them);
+# needs Debian's chromium and Redis, and starts its own API and worker
+screenshots: setup redis
+	@test -f $(RUN)/bundle/manifest.json || { echo "no bundle in $(RUN)/bundle: run make demo first" >&2; exit 2; }
+	$(BIN)/python -m tests.ui_screenshots --bundle $(RUN)/bundle --out docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .import_linter_cache

@@ -16,6 +16,9 @@ from app.engines import load_served_engines
 from app.errors import install_error_handlers
 from app.middleware import BodyLimit, RequestObserver
 from app.routes import docs, document_one_error_shape, document_parsed_bodies, health, jobs, models, regenerate
+from app.routes.catalogue import router as catalogue_router
+from app.routes.job_list import router as job_list_router
+from app.routes.ui import install_ui
 from core import metrics
 from core.engines import apply_torch_threads
 from core.logging import configure_logging, get_logger, log_event
@@ -85,6 +88,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router, dependencies=auth)
     app.include_router(regenerate.router, dependencies=auth)
     app.include_router(jobs.router, dependencies=auth)
+    app.include_router(catalogue_router, dependencies=auth)
+    app.include_router(job_list_router, dependencies=auth)
+    install_ui(app)
 
     # added innermost first: BodyLimit sits inside CORS, so even a 413 carries CORS headers
     app.add_middleware(BodyLimit, limit_for=_body_limits(settings), timeout_s=settings.body_timeout_s)

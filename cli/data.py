@@ -30,6 +30,7 @@ class Columns:
     item: str = "item_id"
     domain: str = "domain"
     time: str = "timestamp"
+    title: str | None = None  # optional: item titles
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,16 @@ def data_import(
     item_col: str = "item_id",
     domain_col: str = "domain",
     time_col: str = "timestamp",
+    title_col: Annotated[
+        str | None, typer.Option(help="column of item titles (optional; the first non-blank title of each item)")
+    ] = None,
     require_all_domains: AllDomains = True,
     k_core: KCore = 3,
     max_len: MaxLen = 128,
     holdout: Holdout = 1,
 ) -> None:
     """A generic log with columns user_id,item_id,domain,timestamp (names configurable)."""
-    columns = Columns(user_col, item_col, domain_col, time_col)
+    columns = Columns(user_col, item_col, domain_col, time_col, title_col)
     prepare_log(interactions, out_dir, columns, Preparation(require_all_domains, k_core, max_len, holdout))
 
 
@@ -100,7 +104,12 @@ def prepare_log(interactions: Path, out_dir: Path, columns: Columns, prep: Prepa
     from models.importers import read_interactions
 
     df = read_interactions(
-        interactions, user_col=columns.user, item_col=columns.item, domain_col=columns.domain, time_col=columns.time
+        interactions,
+        user_col=columns.user,
+        item_col=columns.item,
+        domain_col=columns.domain,
+        time_col=columns.time,
+        title_col=columns.title,
     )
     save_and_report(df, prep, out_dir, source=interactions.name)
 

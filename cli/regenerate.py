@@ -88,6 +88,7 @@ class Decoding:
 class Output:
     path: Path
     fmt: str = "jsonl"  # jsonl | recbole
+    titles: bool = False  # each JSONL line names its items' titles (when the catalogue has them)
 
 
 @user_errors
@@ -120,12 +121,15 @@ def regenerate(
         typer.Option(min=1, help="sequences per decode batch", show_default="TAESAR_DECODE_BATCH_SIZE, else 256"),
     ] = None,
     memory_budget_mb: MemoryBudgetMb = None,
+    include_titles: Annotated[
+        bool, typer.Option("--include-titles", help="add the items' titles to each JSONL line (when known)")
+    ] = False,
 ) -> None:
     """Stage II: rewrite every sequence into the target domain (keep / replace / discard)."""
     source = Source(data, input_file, split.value)
     decoding = Decoding(unknown_items.value, tuple(a.value for a in ablation or ()), drop_repeats)
     rt = runtime(EngineOptions(value_of(device), memory_budget_mb, batch_size, GlobalOptions.of(ctx).threads))
-    regenerate_file(bundle, target, source, Output(out_file, fmt.value), decoding, rt)
+    regenerate_file(bundle, target, source, Output(out_file, fmt.value, include_titles), decoding, rt)
 
 
 def regenerate_file(bundle: Path, target: str, source: Source, output: Output, decoding: Decoding, rt: Runtime) -> None:
@@ -182,7 +186,7 @@ def regenerate_to_file(
     tmp = output.path.with_name(f".{output.path.name}.partial")
     try:
         with progress_bars() as bars:
-            lines = _output_lines(engine, target, rows, decoding, counted, bars)
+            lines = _output_lines(engine, target, rows, decoding, counted, bars, titles=output.titles)
             (write_jsonl if output.fmt == "jsonl" else write_recbole)(tmp, lines)
         tmp.replace(output.path)
     finally:
@@ -204,7 +208,14 @@ def check_known(catalogue: Any, rows: Rows) -> None:
 
 
 def _output_lines(
-    engine: Any, target: str, rows: Rows, decoding: Decoding, counted: Counted, bars: ProgressCallback
+    engine: Any,
+    target: str,
+    rows: Rows,
+    decoding: Decoding,
+    counted: Counted,
+    bars: ProgressCallback,
+    *,
+    titles: bool = False,
 ) -> Iterator[dict]:
     from models.decoding import iter_regenerate_external
     from models.output import to_output_line
@@ -228,7 +239,7 @@ def _output_lines(
         counted.decisions += result.stats
         if counted.keep is not None:
             counted.keep.append(result)
-        yield to_output_line(result, engine.catalogue, target, users[counted.sequences - 1])
+        yield to_output_line(result, engine.catalogue, target, users[counted.sequences - 1], titles=titles)
 
 
 def print_counts(per_domain: dict[str, dict[str, int]]) -> None:

@@ -57,6 +57,9 @@ class RegenerateOptions(Strict):
         "error", description="error: 422 unknown_item; drop: discard with reason unknown_item"
     )
     ablations: Ablations = Field(default_factory=Ablations)
+    include_titles: bool = Field(
+        False, description="add `titles` ({item id: title}) to each result, when the model's catalogue has titles"
+    )
 
 
 class RegenerateRequest(Strict):
@@ -121,6 +124,9 @@ class RegeneratedSequence(BaseModel):
     sequence: list[str]
     decisions: list[Decision]
     stats: Stats
+    titles: dict[str, str] | None = Field(
+        None, description="with include_titles: the title of every item this result names that has one"
+    )
 
 
 class RegenerateResponse(BaseModel):

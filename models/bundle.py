@@ -1,7 +1,8 @@
 """Model bundles: one folder with a JSON manifest and one safetensors file per model.
 
     bundle/
-      manifest.json          format, catalogue, model config, training, metrics, checksums
+      manifest.json          format, catalogue (with item titles, when known), model config,
+                             training, metrics, checksums, and optionally sample users
       mixed.safetensors
       expert_00.safetensors  one per domain, named by domain *index* (names may be any unicode)
 
@@ -10,6 +11,10 @@ manifest before it is parsed, files are parsed with safetensors only (no pickle)
 and tensor names and shapes must match the model the manifest's config builds.
 Writing goes to a temporary sibling folder that is renamed into place at the end,
 so a crash never leaves a half-written bundle behind.
+
+Optional manifest fields (`samples`, the catalogue's `titles` and `genres`) keep
+format version 1: a reader that does not know them ignores them, and a bundle without
+them loads as before.
 """
 
 from __future__ import annotations
@@ -98,11 +103,13 @@ def save_bundle(
     data_fingerprint: str,
     metrics: dict,
     training: dict,
+    samples: list[tuple[str, list[str]]] | None = None,
 ) -> Path:
     """Write a bundle folder atomically and return its path.
 
     An existing bundle at `path` is replaced; any other existing, non-empty folder
-    is refused rather than deleted.
+    is refused rather than deleted. `samples`, (user id, external item ids) pairs, are
+    stored for people exploring the model (the service's web page).
     """
     path = Path(path)
     _check_models(catalogue, model_config, experts)
@@ -115,6 +122,8 @@ def save_bundle(
         for k, domain in enumerate(catalogue.domains):
             files["experts"][domain] = _write_weights(tmp, f"expert_{k:02d}.safetensors", experts[domain])
         manifest = _manifest(catalogue, model_config, data_fingerprint, metrics, training, files)
+        if samples:
+            manifest["samples"] = {"users": [u for u, _ in samples], "items": [list(i) for _, i in samples]}
         text = json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
         _write_durable(tmp / MANIFEST, text.encode("utf-8"))
         _swap_into_place(tmp, path)
@@ -177,6 +186,20 @@ def _swap_into_place(tmp: Path, path: Path) -> None:
 
 
 # -- reading -------------------------------------------------------------------------
+
+
+def read_samples(manifest: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    """The sample users a manifest stores, as (user id, item ids); [] without (or with
+    malformed) samples: they are a convenience, never a reason to refuse a bundle."""
+    samples = manifest.get("samples")
+    if not isinstance(samples, Mapping):
+        return []
+    users, items = samples.get("users"), samples.get("items")
+    if not isinstance(users, list) or not isinstance(items, list) or len(users) != len(items):
+        return []
+    if not all(isinstance(s, list) for s in items):
+        return []
+    return [(str(u), [str(i) for i in s]) for u, s in zip(users, items, strict=True)]
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

@@ -3,6 +3,9 @@
 Dense ids are grouped by domain, so each domain owns one contiguous range
 [start, end). Models score dense ids 0..V-1 directly; this is what lets the
 decoder restrict a softmax to one domain with a slice instead of a gather.
+
+A catalogue may also carry item titles and genres (`info`, models/titles.py). They are
+stored with it but take no part in equality or the fingerprint.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.errors import CatalogueError, UnknownDomainError, UnknownItemError
+from models.titles import ItemInfo
 
 MIN_DOMAINS = 2
 MAX_DOMAINS = 16
@@ -25,6 +29,7 @@ class Catalogue:
     domains: tuple[str, ...]
     item_ids: tuple[str, ...]  # dense id -> external id
     offsets: tuple[int, ...]  # len K+1; domain k owns dense ids [offsets[k], offsets[k+1])
+    info: ItemInfo | None = field(default=None, compare=False, repr=False)  # titles, genres
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
     _item_domain: np.ndarray = field(init=False, repr=False, compare=False)
 
@@ -72,17 +77,30 @@ class Catalogue:
         return cls(tuple(names), tuple(item_ids), tuple(offsets))
 
     def to_dict(self) -> dict:
+        """The stored form: domains, item ids, offsets, and `titles` / `genres` when known."""
+        return {**self._core(), **(self.info.to_dict() if self.info is not None else {})}
+
+    def _core(self) -> dict:
         return {"domains": list(self.domains), "item_ids": list(self.item_ids), "offsets": list(self.offsets)}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> Catalogue:
         try:
-            return cls(tuple(d["domains"]), tuple(str(i) for i in d["item_ids"]), tuple(int(o) for o in d["offsets"]))
-        except (KeyError, TypeError, ValueError) as exc:
+            info = ItemInfo.from_dict(d)
+            return cls(
+                tuple(d["domains"]), tuple(str(i) for i in d["item_ids"]), tuple(int(o) for o in d["offsets"]), info
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CatalogueError(f"malformed catalogue: {exc}") from exc
 
+    def with_info(self, info: ItemInfo | None) -> Catalogue:
+        """The same catalogue with `info` restricted to its own items (None: without info)."""
+        kept = info.restrict(self.item_ids) if info is not None else None
+        return Catalogue(self.domains, self.item_ids, self.offsets, kept)
+
     def fingerprint(self) -> str:
-        blob = json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        """Of the items and domains only: titles and genres do not change it."""
+        blob = json.dumps(self._core(), separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 
     # -- queries ------------------------------------------------------------------
@@ -136,6 +154,10 @@ class Catalogue:
 
     def domain_of(self, dense_id: int) -> str:
         return self.domains[int(self._item_domain[dense_id])]
+
+    def title(self, item: str) -> str | None:
+        """The title of external id `item`, when the catalogue knows one."""
+        return self.info.title(str(item)) if self.info is not None else None
 
 
 # -- the unknown-item check ----------------------------------------------------------

@@ -3,8 +3,10 @@
 Output line, one JSON object per regenerated sequence:
   {"user_id", "target_domain", "sequence": [item ids], "decisions": [{"position", "item",
    "domain", "action", "replacement"?, "reason"?}], "stats": {"kept", "replaced", "discarded"}}
-with external item ids and domain names. RecBole atomic export: one row per sequence
-of at least 2 items, history (all but the last, space separated) -> last item.
+with external item ids and domain names; with titles asked for and known, also
+"titles": {item id: title} for every item the line names (its decisions, replacements,
+explanation candidates). RecBole atomic export: one row per sequence of at least 2
+items, history (all but the last, space separated) -> last item.
 """
 
 from __future__ import annotations
@@ -55,15 +57,33 @@ def file_names(names: Sequence[str]) -> dict[str, str]:
 # -- output lines ---------------------------------------------------------------------
 
 
-def to_output_line(result: Regenerated, catalogue: Catalogue, target: str, user_id: str) -> dict:
-    """A Regenerated (dense ids) as the output object (external ids)."""
-    return {
+def to_output_line(
+    result: Regenerated, catalogue: Catalogue, target: str, user_id: str, *, titles: bool = False
+) -> dict:
+    """A Regenerated (dense ids) as the output object (external ids); `titles` adds the
+    titles of the items it names, when the catalogue has titles."""
+    line = {
         "user_id": user_id,
         "target_domain": target,
         "sequence": [catalogue.external(i) for i in result.sequence],
         "decisions": [_decision(d, catalogue) for d in result.decisions],
         "stats": result.stats.as_dict(),
     }
+    if titles and catalogue.info is not None and catalogue.info.titles:
+        line["titles"] = catalogue.info.titles_of(named_items(line))
+    return line
+
+
+def named_items(line: dict) -> list[str]:
+    """Every item id an output line names, once each, in order of first mention."""
+    found: dict[str, None] = {}
+    for d in line["decisions"]:
+        found[d["item"]] = None
+        if "replacement" in d:
+            found[d["replacement"]] = None
+        for pairs in d.get("explain", {}).values():
+            found.update((item, None) for item, _ in pairs)
+    return list(found)
 
 
 def _decision(d: Decision, catalogue: Catalogue) -> dict:

@@ -93,6 +93,24 @@ class TrainConfig:
         return cls(**fields)
 
 
+SAMPLE_USERS = 100  # users whose training parts a bundle keeps as samples
+
+
+def sample_users(dataset: Dataset, holdout: int, n: int = SAMPLE_USERS) -> list[tuple[str, list[str]]]:
+    """Up to `n` users spread evenly over the dataset's user order, each with the training
+    part of its sequence (no validation or test item) in external ids; users whose
+    training part has fewer than 2 items are skipped."""
+    cat = dataset.catalogue
+    step = max(len(dataset.user_ids) / n, 1.0)
+    picked = sorted({int(k * step) for k in range(n) if int(k * step) < len(dataset.user_ids)})
+    out = []
+    for u in picked:
+        part = train_part(np.asarray(dataset.sequences[u]), holdout)
+        if len(part) >= 2:
+            out.append((dataset.user_ids[u], [cat.external(int(i)) for i in part]))
+    return out
+
+
 @dataclass
 class PretrainResult:
     mixed: SASRec
@@ -108,7 +126,8 @@ class PretrainResult:
     dist: Dist | None = None  # the process group that trained these models, if any
 
     def save(self, path: str | Path, dataset: Dataset) -> Path:
-        """Write these models as a bundle for `dataset` (its catalogue and fingerprint)."""
+        """Write these models as a bundle for `dataset` (its catalogue and fingerprint, and
+        the training parts of up to SAMPLE_USERS of its users as samples)."""
         return save_bundle(
             path,
             catalogue=dataset.catalogue,
@@ -118,6 +137,7 @@ class PretrainResult:
             data_fingerprint=dataset.fingerprint,
             metrics=self.metrics,
             training=self.training,
+            samples=sample_users(dataset, self.config.holdout),
         )
 
     @property

@@ -530,7 +530,7 @@ async def test_every_key_of_a_queued_job_expires(idle_prefix: str, model_dir: Pa
     assert r.status_code == 202
     client = redis.Redis.from_url(REDIS_URL)
     keys = [k.decode() for k in client.scan_iter(f"{idle_prefix}:*", count=1000) if b":celery:" not in k]
-    assert {k.split(":", 1)[1].split(":")[0] for k in keys} == {"job", "idem", "pending"}
+    assert {k.split(":", 1)[1].split(":")[0] for k in keys} == {"job", "idem", "pending", "owner"}
     assert sum(":in:" in k for k in keys) == 3
     for key in keys:
         assert 0 < client.ttl(key) <= 600, key

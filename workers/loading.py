@@ -143,16 +143,18 @@ def decode_chunk(
     results = engine.regenerate(
         chunk.items, target, unknown_items=opts.unknown_items, options=decode_options(opts), on_progress=progress
     )
-    return _encode(engine, chunk, target, results, with_recbole_header)
+    return _encode(engine, chunk, target, results, with_recbole_header, titles=opts.include_titles)
 
 
-def _encode(engine: Engine, chunk: ChunkInput, target: str, results: list[Any], header: bool) -> ChunkOutput:
+def _encode(
+    engine: Engine, chunk: ChunkInput, target: str, results: list[Any], header: bool, *, titles: bool = False
+) -> ChunkOutput:
     from models.output import JsonlWriter, RecboleWriter, to_output_line
 
     jsonl, recbole = io.StringIO(), io.StringIO()
     with JsonlWriter(jsonl) as lines, RecboleWriter(recbole) as rows:
         for k, (user, result) in enumerate(zip(chunk.users, results, strict=True)):
-            record = to_output_line(result, engine.catalogue, target, user)
+            record = to_output_line(result, engine.catalogue, target, user, titles=titles)
             lines.write(record)
             # RecBole needs a user token: a sequence without user_id gets its number in the job (from 1)
             rows.write(user if user is not None else str(chunk.first + k + 1), record["sequence"])

@@ -55,6 +55,7 @@ from app.submission import (
 from app.uploads import MAX_INFLATION, NDJSON, Where, body_kind, listed, ndjson_sequences, read_json_job
 from core import metrics
 from core.jobstore import JobRecord, JobStore
+from core.jobstore.owners import remember_job
 from core.logging import get_logger, log_event
 from core.queue import QUEUE_UNAVAILABLE_ERRORS, create_celery, enqueue_chunks
 from core.schemas import ErrorDetail, JobInfo, JobLinks, JobStatus, Progress, SequenceIn, Stats
@@ -254,6 +255,7 @@ async def _submit(
         if not result.accepted:
             raise queue_full(result.pending, settings)
         metrics.set_queue_depth(result.pending)
+        await remember_job(store, staging.spec.owner, job_id)  # for GET /jobs
         await anyio.to_thread.run_sync(enqueue_chunks, producer, job_id, writer.n_chunks)
     except BaseException:
         # also a committed job whose tasks were not all sent: workers skip a job that is gone

@@ -91,11 +91,12 @@ def render(engine: Engine, body: RegenerateRequest, results: list[Any]) -> tuple
     """Encode the engine's results as the response (runs in the decode thread): (JSON bytes, totals)."""
     from models.output import to_output_line
 
-    target = body.target_domain
+    target, titles = body.target_domain, body.options.include_titles
     # the very dicts `taesar regenerate` writes as JSONL lines, not a re-validated copy:
     # equal output by construction, and no second pass over a large answer
     lines = [
-        to_output_line(r, engine.catalogue, target, s.user_id) for s, r in zip(body.sequences, results, strict=True)
+        to_output_line(r, engine.catalogue, target, s.user_id, titles=titles)
+        for s, r in zip(body.sequences, results, strict=True)
     ]
     totals = Tally.total(r.stats for r in results)
     payload = {"model": engine.name, "target_domain": target, "results": lines, "stats": totals.as_dict()}

@@ -15,6 +15,7 @@ the job's `expires_at` (creation + settings.job_ttl_s), set when the key is writ
     P:idem:{h}        string  job id for (caller, Idempotency-Key); h = sha256 of both
     P:pending         hash    job id -> sequences not done yet (the bounded queue);
                               its TTL is renewed on every write
+    P:owner:{caller}:jobs zset job id -> created_at: the caller's recent jobs (owners.py)
     P:celery:*        the broker's own keys (queue list, unacked hash), see core.queue
 
 Guarantees, each enforced by one Lua script so that no interleaving of API
@@ -28,8 +29,8 @@ requests, workers and redeliveries can break it:
   makes a job final observes its duration (`taesar_job_duration_seconds`).
 
 Modules: `chunks` (a chunk's stored input), `records` (key names and records),
-`scripts` (the Lua steps), `submissions` (the API's side, asyncio) and `chunk_store`
-(a worker's side, blocking).
+`scripts` (the Lua steps), `submissions` (the API's side, asyncio), `owners` (each
+caller's recent jobs, for the API) and `chunk_store` (a worker's side, blocking).
 """
 
 from __future__ import annotations

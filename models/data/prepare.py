@@ -1,7 +1,11 @@
 """`prepare`: an interaction frame (user_id, item_id, domain, timestamp) -> a `Dataset`,
 filtered as METHOD.md §4 says. Every filter works on integer codes with numpy (int32
 ids, int8 domains), so millions of rows take seconds and about 17 bytes a row; Python
-objects exist per distinct user and item, never per interaction."""
+objects exist per distinct user and item, never per interaction.
+
+Item titles and genres that an importer put in the frame's `attrs` (models/titles.py)
+go into the catalogue, for the items that remain; they change neither the fingerprint
+nor anything else of the dataset."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import pandas as pd
 
 from models.catalogue import MAX_DOMAINS, MIN_DOMAINS, Catalogue
 from models.errors import CatalogueError, DataError
+from models.titles import FRAME_ATTR, ItemInfo
 
 
 @dataclass(frozen=True)
@@ -87,12 +92,21 @@ def prepare(df: pd.DataFrame, cfg: PrepConfig, *, domains: list[str] | None = No
     stats["final"] = log.counts()
     catalogue = _build_catalogue(log, stats, cfg)
     dense = _dense_ids(log, catalogue)
+    catalogue = catalogue.with_info(frame_item_info(df))
     user, users = log.user, log.users
     del log  # its item and domain columns are spent
     user_ids, sequences = _sequences(user, users, dense)
     options = {**asdict(cfg), "domains": list(catalogue.domains)}
     fp = fingerprint(catalogue, user_ids, sequences, options)
     return Dataset(catalogue, user_ids, sequences, options, fp, source, stats)
+
+
+def frame_item_info(df: pd.DataFrame) -> ItemInfo | None:
+    """The titles and genres an importer attached to `df` (None when it attached none)."""
+    attached = df.attrs.get(FRAME_ATTR)
+    if not attached:
+        return None
+    return ItemInfo.build(attached.get("titles"), attached.get("genres"))
 
 
 def _encode(df: pd.DataFrame, domains: list[str] | None) -> _Log:

@@ -146,3 +146,26 @@ def _check_blank(blank: np.ndarray, name: str, where: str) -> None:
     if n:
         first = int(np.argmax(blank)) + 1
         raise DataError(f"{where}: {n} row(s) have an empty {name} (first at data row {first})", {"column": name})
+
+
+class FirstTitles:
+    """The first non-blank title of every item of a log, block by block: one string per
+    distinct item, never one per row. Blocks deliver the item and the title column."""
+
+    def __init__(self) -> None:
+        self.titles: dict[str, str] = {}
+
+    def add(self, items: pa.Array, titles: pa.Array) -> None:
+        if pa.types.is_null(titles.type) or not len(items):
+            return
+        if not pa.types.is_string(titles.type) and not pa.types.is_large_string(titles.type):
+            titles = titles.cast(pa.string())
+        named = pc.and_(pc.is_valid(items), pc.not_equal(pc.utf8_trim_whitespace(titles), ""))
+        items, titles = items.filter(named), titles.filter(named)
+        if not len(items):
+            return
+        enc = items if pa.types.is_dictionary(items.type) else pc.dictionary_encode(items)
+        _, first = np.unique(_codes(enc.indices), return_index=True)
+        take = pa.array(first)
+        for item, title in zip(items.take(take).to_pylist(), titles.take(take).to_pylist(), strict=True):
+            self.titles.setdefault(str(item).strip(), title)

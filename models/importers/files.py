@@ -16,11 +16,18 @@ import pyarrow.parquet as pq
 
 from models.catalogue import MAX_DOMAINS, MIN_DOMAINS
 from models.errors import DataError
-from models.importers.columns import Columns, Ids, Source
+from models.importers.columns import Columns, FirstTitles, Ids, Source
 from models.importers.times import Times
+from models.titles import FRAME_ATTR
 
 COLUMNS = ("user_id", "item_id", "domain", "timestamp")
-_FLAGS = {"user_id": "user-col", "item_id": "item-col", "domain": "domain-col", "timestamp": "time-col"}
+_FLAGS = {
+    "user_id": "user-col",
+    "item_id": "item-col",
+    "domain": "domain-col",
+    "timestamp": "time-col",
+    "title": "title-col",
+}
 _SEPARATORS = {".csv": ",", ".tsv": "\t"}
 _PARQUET = {".parquet", ".pq"}
 _COMPRESSION = {".gz", ".bz2", ".zip", ".xz", ".zst"}
@@ -45,6 +52,7 @@ def read_interactions(
     domain_col: str = "domain",
     time_col: str = "timestamp",
     sep: str | None = None,
+    title_col: str | None = None,
 ) -> pd.DataFrame:
     """Read a CSV/TSV/Parquet interaction log into the canonical four columns.
 
@@ -52,10 +60,14 @@ def read_interactions(
     integer code per row, each distinct value once), so memory grows by a few bytes
     per interaction and no Python object is made per row. A log whose import is
     estimated not to fit in the available memory is refused before it is read.
+    With `title_col`, each item's first non-blank title goes into the frame's attrs
+    (models/titles.py), for the catalogue.
     """
     path = Path(path)
     names = {user_col: "user_id", item_col: "item_id", domain_col: "domain", time_col: "timestamp"}
-    if len(names) != 4:
+    if title_col is not None:
+        names[title_col] = "title"
+    if len(names) != 4 + (title_col is not None):
         raise DataError(f"{path}: two of the column options name the same column: {list(names)}")
     check_file(path)
     source = _source(path, list(names), sep)
@@ -254,7 +266,7 @@ def _check_columns(path: Path, header: list[str], wanted: list[str]) -> None:
     missing = [c for c in wanted if c not in header]
     if not missing:
         return
-    canon = dict(zip(wanted, COLUMNS, strict=True))
+    canon = dict(zip(wanted, (*COLUMNS, "title"), strict=False))
     flags = " / ".join(f"--{_FLAGS[canon[c]]}" for c in missing)
     raise DataError(
         f"{path}: missing column(s) {', '.join(map(repr, missing))}; the file has {', '.join(map(repr, header))}; "
@@ -272,10 +284,13 @@ def _frame(source: Source, where: str, *, empty: str | None = None) -> pd.DataFr
     """Strings for ids and domain, numbers for time, no blanks, 2..16 domains."""
     ids = [Ids(source.rows) for _ in COLUMNS[:3]]
     times = Times(source)
+    titles = FirstTitles()
     for block in source.blocks():
-        for acc, col in zip(ids, block, strict=False):
+        for acc, col in zip(ids, block[:3], strict=True):
             acc.add(col)
         times.add(block[3])
+        if len(block) > len(COLUMNS):  # the title column
+            titles.add(block[1], block[4])
     if empty is not None and not times.rows:
         raise DataError(empty)
     out: dict[str, Any] = {name: acc.finish(name, where) for name, acc in zip(COLUMNS, ids, strict=False)}
@@ -283,7 +298,10 @@ def _frame(source: Source, where: str, *, empty: str | None = None) -> pd.DataFr
     del ids, times
     pa.default_memory_pool().release_unused()  # what Arrow's allocator keeps cached, the next steps can use
     _check_domain_count(list(out["domain"].categories), where)
-    return pd.DataFrame(out, copy=False)
+    df = pd.DataFrame(out, copy=False)
+    if titles.titles:
+        df.attrs[FRAME_ATTR] = {"titles": titles.titles}
+    return df
 
 
 def _check_domain_count(names: list[str], where: str) -> None:

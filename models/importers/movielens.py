@@ -1,6 +1,7 @@
 """MovieLens-100K, either from the RecBole wheel on PyPI (read straight out of the zip;
 RecBole is never imported) or from GroupLens' original u.data/u.item, with its genres
-mapped to four domains."""
+mapped to four domains. The films' titles ("Toy Story (1995)") and genres come along in
+the frame's attrs (models/titles.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pandas as pd
 
 from models.errors import DataError
 from models.importers.files import COLUMNS, check_file, first_line, normalise
+from models.titles import FRAME_ATTR
 
 RECBOLE_VERSION = "1.2.1"
 _RECBOLE_DIR = "recbole/dataset_example/ml-100k/"
@@ -81,9 +83,12 @@ def read_ml100k_recbole(wheel: Path, *, min_domain_items: int = ML100K_MIN_DOMAI
     except zipfile.BadZipFile:
         raise DataError(f"{wheel}: not a wheel (zip) file") from None
     inter = _read_atomic(inter_raw, wheel, ["user_id", "item_id", "timestamp"])
-    items = _read_atomic(item_raw, wheel, ["item_id", "class"])
+    items = _read_atomic(item_raw, wheel, ["item_id", "class", "movie_title", "release_year"])
     genres = items.assign(genre=items["class"].fillna("").str.split()).explode("genre")[["item_id", "genre"]]
-    return _ml100k_frame(inter, genres, str(wheel), min_domain_items)
+    year = items["release_year"].str.strip()
+    titles = items["movie_title"].str.strip().where(year == "", items["movie_title"].str.strip() + " (" + year + ")")
+    out = _ml100k_frame(inter, genres, str(wheel), min_domain_items)
+    return _with_titles(out, items["item_id"], titles, genres)
 
 
 def _zip_member(zf: zipfile.ZipFile, wheel: Path, name: str) -> bytes:
@@ -124,7 +129,17 @@ def read_ml100k_grouplens(folder: Path, *, min_domain_items: int = ML100K_MIN_DO
     genres = long[long["flag"].str.strip() == "1"][["item_id", "genre"]]
     no_genre = items.loc[~items[0].isin(genres["item_id"]), [0]].rename(columns={0: "item_id"})
     genres = pd.concat([genres, no_genre.assign(genre=None)])
-    return _ml100k_frame(inter, genres, str(folder), min_domain_items)
+    out = _ml100k_frame(inter, genres, str(folder), min_domain_items)
+    return _with_titles(out, items[0], items[1], genres)
+
+
+def _with_titles(df: pd.DataFrame, item_ids: pd.Series, titles: pd.Series, genres: pd.DataFrame) -> pd.DataFrame:
+    """`df` with the films' titles and genres in its attrs, for `prepare`."""
+    ids = item_ids.astype(str).str.strip()
+    named = genres.dropna(subset=["genre"])
+    by_item = named.groupby(named["item_id"].astype(str).str.strip(), sort=False)["genre"].agg(list)
+    df.attrs[FRAME_ATTR] = {"titles": dict(zip(ids, titles.fillna(""), strict=True)), "genres": by_item.to_dict()}
+    return df
 
 
 def _ml100k_frame(inter: pd.DataFrame, genres: pd.DataFrame, where: str, min_items: int) -> pd.DataFrame:

@@ -140,10 +140,15 @@ def options_dict(
     explain_top_k: int = 5,
     unknown_items: UnknownItems = "error",
     ablations: Ablations | Mapping[str, bool] | Iterable[str] | None = None,
+    include_titles: bool = False,
 ) -> dict[str, Any]:
     """Validated here with the request model, so a typo fails before any upload."""
     options = RegenerateOptions(
-        explain=explain, explain_top_k=explain_top_k, unknown_items=unknown_items, ablations=_ablations(ablations)
+        explain=explain,
+        explain_top_k=explain_top_k,
+        unknown_items=unknown_items,
+        ablations=_ablations(ablations),
+        include_titles=include_titles,
     )
     return options.model_dump(exclude_defaults=True)
 

@@ -125,9 +125,10 @@ class TaesarClient(BaseClient):
         explain_top_k: int = 5,
         unknown_items: UnknownItems = "error",
         ablations: AblationsLike = None,
+        include_titles: bool = False,
     ) -> RegenerateResponse:
         """Regenerate a few sequences now, on the API's own engine."""
-        options = options_dict(explain, explain_top_k, unknown_items, ablations)
+        options = options_dict(explain, explain_top_k, unknown_items, ablations, include_titles)
         body = request_body(target_domain, sequences, model, options)
         # a pure function of its input: repeating it cannot do harm, so it may be retried
         response = self._send("POST", "/regenerate", json=body, retry_safe=True)
@@ -143,6 +144,7 @@ class TaesarClient(BaseClient):
         explain_top_k: int = 5,
         unknown_items: UnknownItems = "error",
         ablations: AblationsLike = None,
+        include_titles: bool = False,
         idempotency_key: str | None = None,
     ) -> JobInfo:
         """Queue a bulk job from a list, an iterable of sequences, or a .jsonl/.jsonl.gz path.
@@ -152,7 +154,7 @@ class TaesarClient(BaseClient):
         memory). An Idempotency-Key is generated when none is given, so a
         retried submission returns the first job instead of creating a second one.
         """
-        options = options_dict(explain, explain_top_k, unknown_items, ablations)
+        options = options_dict(explain, explain_top_k, unknown_items, ablations, include_titles)
         upload, params = job_upload(target_domain, sequences, model, options)
         headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
         response = self._send("POST", "/jobs", upload=upload, params=params, headers=headers, retry_safe=True)
@@ -299,8 +301,9 @@ class AsyncTaesarClient(BaseClient):
         explain_top_k: int = 5,
         unknown_items: UnknownItems = "error",
         ablations: AblationsLike = None,
+        include_titles: bool = False,
     ) -> RegenerateResponse:
-        options = options_dict(explain, explain_top_k, unknown_items, ablations)
+        options = options_dict(explain, explain_top_k, unknown_items, ablations, include_titles)
         body = request_body(target_domain, sequences, model, options)
         response = await self._send("POST", "/regenerate", json=body, retry_safe=True)
         return RegenerateResponse.model_validate_json(response.content)
@@ -315,10 +318,11 @@ class AsyncTaesarClient(BaseClient):
         explain_top_k: int = 5,
         unknown_items: UnknownItems = "error",
         ablations: AblationsLike = None,
+        include_titles: bool = False,
         idempotency_key: str | None = None,
     ) -> JobInfo:
         """As `TaesarClient.submit_job`; also takes an async iterable of sequences."""
-        options = options_dict(explain, explain_top_k, unknown_items, ablations)
+        options = options_dict(explain, explain_top_k, unknown_items, ablations, include_titles)
         upload, params = job_upload(target_domain, sequences, model, options)
         headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
         response = await self._send("POST", "/jobs", upload=upload, params=params, headers=headers, retry_safe=True)

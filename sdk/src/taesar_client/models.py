@@ -21,6 +21,7 @@ __all__ = [
     "Ablations",
     "Action",
     "Candidate",
+    "CatalogueItem",
     "Decision",
     "DomainInfo",
     "ErrorDetail",
@@ -28,9 +29,14 @@ __all__ = [
     "Explanation",
     "Health",
     "ItemId",
+    "ItemLookup",
+    "ItemLookupRequest",
+    "ItemSearch",
     "JobInfo",
     "JobLinks",
+    "JobList",
     "JobStatus",
+    "ModelDetail",
     "ModelInfo",
     "ModelList",
     "ModelLoadError",
@@ -40,6 +46,8 @@ __all__ = [
     "RegenerateRequest",
     "RegenerateResponse",
     "RegeneratedSequence",
+    "SampleList",
+    "SampleUser",
     "SequenceIn",
     "Stats",
 ]
@@ -93,6 +101,7 @@ class RegenerateOptions(_Strict):
         "error", description="error: 422 unknown_item; drop: discard with reason unknown_item"
     )
     ablations: Ablations = Field(default_factory=Ablations)
+    include_titles: bool = Field(False, description="add `titles` ({item id: title}) to each result")
 
 
 class RegenerateRequest(_Strict):
@@ -138,6 +147,7 @@ class RegeneratedSequence(BaseModel):
     sequence: list[str]
     decisions: list[Decision]
     stats: Stats
+    titles: dict[str, str] | None = Field(None, description="with include_titles: item id -> title")
 
 
 class RegenerateResponse(BaseModel):
@@ -225,3 +235,52 @@ class Readiness(BaseModel):
     redis: bool
     detail: str | None = None
     errors: list[ModelLoadError] = Field(default_factory=list, description="bundles that failed to load")
+
+
+# -- inside a model, and the caller's jobs ---------------------------------------------
+
+
+class ModelDetail(ModelInfo):
+    """GET /models/{model}: ModelInfo plus the bundle's checksum, titles and samples."""
+
+    created_at: str | None = None
+    bundle_sha256: str
+    titled_items: int
+    sample_users: int
+
+
+class CatalogueItem(BaseModel):
+    id: str
+    domain: str
+    title: str | None = None
+    genres: list[str] = Field(default_factory=list)
+
+
+class ItemSearch(BaseModel):
+    model: str
+    query: str
+    items: list[CatalogueItem]
+    total: int
+
+
+class ItemLookupRequest(_Strict):
+    terms: list[str] = Field(min_length=1, max_length=1000, description="item ids or titles")
+
+
+class ItemLookup(BaseModel):
+    model: str
+    matches: list[CatalogueItem | None]
+
+
+class SampleUser(BaseModel):
+    user_id: str
+    items: list[str]
+
+
+class SampleList(BaseModel):
+    model: str
+    users: list[SampleUser]
+
+
+class JobList(BaseModel):
+    jobs: list[JobInfo]
