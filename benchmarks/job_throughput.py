@@ -197,21 +197,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for p in procs:
                 p.wait(timeout=60)
             delete_prefix(args.redis_url, prefix)
-        cli_ok = [c for c in cli_runs if isinstance(c, float)]
-        cli_s: float | str = min(cli_ok) if cli_ok else str(cli_runs[-1])
-        engine_s = min(engine_runs)
-        job = min(job_runs, key=lambda j: j["seconds"])
         identical = same_lines(work / "engine.jsonl", work / "job.jsonl")
-        if isinstance(cli_s, float):
+        if any(isinstance(c, float) for c in cli_runs):
             identical = identical and same_lines(work / "cli.jsonl", work / "job.jsonl")
+    result = summarize_runs(args, n, bundle.name, target, (cli_runs, engine_runs, job_runs), identical)
+    print(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
-    result = {
+
+def summarize_runs(
+    args: argparse.Namespace,
+    n: int,
+    bundle: str,
+    target: str,
+    runs: tuple[list[float | str], list[float], list[dict[str, float]]],
+    identical: bool,
+) -> dict[str, Any]:
+    """The best of each kind of run (CLI subprocess, CLI engine, job) and every run."""
+    cli_runs, engine_runs, job_runs = runs
+    cli_ok = [c for c in cli_runs if isinstance(c, float)]
+    cli_s: float | str = min(cli_ok) if cli_ok else str(cli_runs[-1])
+    engine_s = min(engine_runs)
+    job = min(job_runs, key=lambda j: j["seconds"])
+    return {
         "sequences": n,
         "workers": args.workers,
         "chunk_size": args.chunk_size,
         "device": args.device,
         "threads": args.threads,
-        "bundle": bundle.name,
+        "bundle": bundle,
         "target_domain": target,
         "cli_subprocess": {"seconds": round(cli_s, 3), "sequences_per_s": round(n / cli_s, 1)}
         if isinstance(cli_s, float)
@@ -229,10 +245,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
     }
-    print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    return result
 
 
 def delete_prefix(url: str, prefix: str) -> None:

@@ -162,65 +162,46 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    result = measure(args)
+    report(result, args)
+    return 0 if result["ok"] else 1
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Start the worker and the API on a bundle, warm both up, then run the /regenerate
+    load and the bulk job at once; the figures as `report` prints them."""
     from core.queue import queue_name
     from core.settings import Settings
-    from taesar_client import TaesarClient
 
-    prefix = f"load-{uuid.uuid4().hex[:8]}"
+    prefix = args.prefix = f"load-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="load-") as tmp:
         work = Path(tmp)
         bundle = find_or_train_bundle(args.bundle, work)
         catalogue = json.loads((bundle / "manifest.json").read_text())["catalogue"]
         target = args.target or catalogue["domains"][0]
         items = [str(i) for i in catalogue["item_ids"]]
-        bodies = request_bodies(items, target, args.length, args.seed)
-        src, warm = work / "job.jsonl", work / "warm.jsonl"
-        write_job_input(items, args.job_sequences, args.seed, src)
-        write_job_input(items, 4, args.seed + 1, warm)
-
+        write_job_input(items, args.job_sequences, args.seed, work / "job.jsonl")
+        write_job_input(items, 4, args.seed + 1, work / "warm.jsonl")
         settings = {"model_dir": str(bundle), "key_prefix": prefix, "redis_url": args.redis_url, "device": args.device}
         env = {f"TAESAR_{k.upper()}": v for k, v in settings.items()}
         env |= {"TAESAR_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": str(args.threads)}
         queue = queue_name(Settings(_env_file=None, key_prefix=prefix))  # type: ignore[call-arg]
         worker = start_worker(env, queue, work / "worker.log")
         try:
-            with (
-                serve(bundle, args.device, key_prefix=prefix, redis_url=args.redis_url) as (url, app),
-                TaesarClient(url, timeout=120) as sdk,
-                ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool,
-            ):
-                warm_job = run_job(sdk, url, target, warm, timeout=600)  # the worker loads its models
-                if warm_job["status"] != "succeeded":
-                    log = (work / "worker.log").read_text()[-3000:]
-                    sys.exit(f"error: the warm-up job did not succeed: {warm_job}\n{log}")
-                api_cpu, worker_cpu = own_cpu_s(), process_cpu_s(worker.pid)
-                load = pool.submit(client_process, url, args.clients, args.warmup, args.duration, bodies, args.client)
-                time.sleep(args.warmup)  # the job starts with the measured window
-                job = run_job(sdk, url, target, src, args.job_timeout)
-                run = load.result(timeout=args.duration + args.warmup + 600)
-                api_cpu = own_cpu_s() - api_cpu
-                worker_after = process_cpu_s(worker.pid)
-                engines = app.state.engines
-                batcher = engines.batcher(engines.names[0])
-                batching = {"calls": batcher.calls, "batches": batcher.batches} if batcher is not None else None
+            bodies = request_bodies(items, target, args.length, args.seed)
+            figures = load_while_job_runs(args, bundle, target, bodies, work, worker.pid)
         finally:
             stop_worker(worker)
             delete_prefix(args.redis_url, prefix)
-
-    regenerate = summarize(run, args.clients)
+    job = figures["job"]
     job["sequences"] = args.job_sequences
     job["sequences_per_s"] = round(args.job_sequences / job["seconds"], 1)
     job["finished_within_load"] = job["seconds"] <= args.duration
+    regenerate = figures["regenerate"]
     ok = regenerate["errors"] == 0 and job["status"] == "succeeded" and job.get("result_lines") == args.job_sequences
-    result = {
+    return {
         "ok": ok,
-        "regenerate": regenerate,
-        "job": job,
-        "cpu_s": {
-            "api_process": round(api_cpu, 2),  # the API's threads (and the SDK calls of this script)
-            "worker": round(worker_after - worker_cpu, 2) if worker_after is not None and worker_cpu else None,
-        },
-        "microbatch": batching,
+        **figures,
         "settings": {
             "bundle": str(bundle),
             "target_domain": target,
@@ -231,19 +212,58 @@ def main(argv: list[str] | None = None) -> int:
         },
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }
+
+
+def load_while_job_runs(
+    args: argparse.Namespace, bundle: Path, target: str, bodies: list[bytes], work: Path, worker_pid: int
+) -> dict[str, Any]:
+    """With the worker running: serve the API, warm the worker up with a small job, then
+    run the closed-loop clients and the measured job at once."""
+    from taesar_client import TaesarClient
+
+    with (
+        serve(bundle, args.device, key_prefix=args.prefix, redis_url=args.redis_url) as (url, app),
+        TaesarClient(url, timeout=120) as sdk,
+        ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool,
+    ):
+        warm_job = run_job(sdk, url, target, work / "warm.jsonl", timeout=600)  # the worker loads its models
+        if warm_job["status"] != "succeeded":
+            log = (work / "worker.log").read_text()[-3000:]
+            sys.exit(f"error: the warm-up job did not succeed: {warm_job}\n{log}")
+        api_cpu, worker_cpu = own_cpu_s(), process_cpu_s(worker_pid)
+        load = pool.submit(client_process, url, args.clients, args.warmup, args.duration, bodies, args.client)
+        time.sleep(args.warmup)  # the job starts with the measured window
+        job = run_job(sdk, url, target, work / "job.jsonl", args.job_timeout)
+        run = load.result(timeout=args.duration + args.warmup + 600)
+        api_cpu = own_cpu_s() - api_cpu
+        worker_after = process_cpu_s(worker_pid)
+        engines = app.state.engines
+        batcher = engines.batcher(engines.names[0])
+    return {
+        "regenerate": summarize(run, args.clients),
+        "job": job,
+        "cpu_s": {
+            "api_process": round(api_cpu, 2),  # the API's threads (and the SDK calls of this script)
+            "worker": round(worker_after - worker_cpu, 2) if worker_after is not None and worker_cpu else None,
+        },
+        "microbatch": {"calls": batcher.calls, "batches": batcher.batches} if batcher is not None else None,
+    }
+
+
+def report(result: dict[str, Any], args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
-    r = regenerate
+    r, job = result["regenerate"], result["job"]
     print(
         f"\n/regenerate: {r['requests']} requests in {r['duration_s']} s = {r['requests_per_s']} req/s, "
         f"p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, p99 {r['p99_ms']} ms, errors {r['errors']} "
         f"(5xx {r['status_5xx']})\njob: {job['status']}, {args.job_sequences} sequences in {job['seconds']} s "
-        f"({job['sequences_per_s']} seq/s), {job.get('result_lines')} result lines\n{'PASS' if ok else 'FAIL'}",
+        f"({job['sequences_per_s']} seq/s), {job.get('result_lines')} result lines\n"
+        f"{'PASS' if result['ok'] else 'FAIL'}",
         file=sys.stderr,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
-    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -388,6 +388,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     rate = len(run.latencies_ms) / run.seconds
                     print(f"round {round_ + 1} clients {clients:>2} {mode:>3}: {rate:7.1f} req/s", file=sys.stderr)
 
+    result = summarize_configurations(args, bundle, target, runs)
+    print(table(result))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return result
+
+
+def summarize_configurations(
+    args: argparse.Namespace, bundle: Path, target: str, runs: dict[tuple[str, int], list[Run]]
+) -> dict[str, Any]:
+    """Each client count's off/on figures over its rounds, the gains, and the settings."""
     configurations = []
     for clients in args.clients:
         off, on = summarize(runs[("off", clients)], False), summarize(runs[("on", clients)], True)
@@ -401,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
         )
     by_clients = {c["clients"]: c for c in configurations}
-    result = {
+    return {
         "bundle": str(bundle),
         "model": json.loads((bundle / "manifest.json").read_text()).get("model_config"),
         "target_domain": target,
@@ -422,11 +434,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "notes": "clients run in a child process; cpu_ms_per_request is the server process's CPU time per answer "
         "(the warm-up's share removed pro rata)",
     }
-    print(table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
-    return result
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Size limits of the non-test packages: at most 500 lines per module and 60 lines per
+"""Size limits of everything but the tests: at most 500 lines per module and 60 lines per
 function (decorators included), measured on the AST. Exceptions are listed, each with
 its reason, in ALLOWED; the list holds only what is still to be split."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("models", "core", "app", "cli", "workers", "sdk/src")
+PACKAGES = ("models", "core", "app", "cli", "workers", "sdk/src", "benchmarks")
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 60
 ALLOWED: dict[str, str] = {}
