@@ -138,6 +138,31 @@ def sanitize_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return out
 
 
+def validation_failure(errors: Sequence[Any]) -> ApiError:
+    """422 validation_error from pydantic errors already located in the request
+    (`("body", ...)`, `("query", ...)`): the first one named in the message, at most
+    _MAX_ERRORS of them listed, all of them counted."""
+    clean = sanitize_errors(errors)
+    first = clean[0] if clean else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"])
+    message = f"{where}: {first['msg']}" if where else first["msg"]
+    return ApiError("validation_error", message, {"errors": clean, "count": len(errors)})
+
+
+def bad_json(reason: str, **details: Any) -> ApiError:
+    """400 bad_json: the body does not parse (`reason` is the parser's word for it)."""
+    return ApiError("bad_json", f"request body is not valid JSON: {_clip(reason)}", details)
+
+
+def not_json(content_type: str | None) -> ApiError:
+    """415 for a body sent with another content type than JSON."""
+    return ApiError(
+        "unsupported_media_type",
+        f"send the body as JSON with 'Content-Type: application/json' (got {_clip(content_type or 'none')!r})",
+        {"content_type": _clip(content_type)},
+    )
+
+
 def is_json(content_type: str | None) -> bool:
     if not content_type:
         return False
@@ -151,33 +176,18 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
-    bad_json = next((e for e in errors if e.get("type") == "json_invalid"), None)
-    if bad_json is not None:
-        ctx = bad_json.get("ctx") or {}
-        loc = bad_json.get("loc", ())
+    invalid = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if invalid is not None:
+        ctx = invalid.get("ctx") or {}
+        loc = invalid.get("loc", ())
         pos = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
-        return error_response(
-            "bad_json",
-            f"request body is not valid JSON: {_clip(str(ctx.get('error', 'decode error')))}",
-            {"position": pos},
-        )
+        return await _api_error(request, bad_json(str(ctx.get("error", "decode error")), position=pos))
     content_type = request.headers.get("content-type")
     body_as_a_whole = all(tuple(e.get("loc", ())) == ("body",) for e in errors)
     if body_as_a_whole and request.headers.get("content-length", "0") != "0" and not is_json(content_type):
         # FastAPI hands a non-JSON body over as raw bytes; the honest answer is 415, not 'not a dict'
-        return error_response(
-            "unsupported_media_type",
-            f"send the body as JSON with 'Content-Type: application/json' (got {_clip(content_type or 'none')!r})",
-            {"content_type": _clip(content_type)},
-        )
-    clean = sanitize_errors(errors)
-    first = clean[0] if clean else {"loc": [], "msg": "invalid request"}
-    where = ".".join(str(p) for p in first["loc"])
-    return error_response(
-        "validation_error",
-        f"{where}: {first['msg']}" if where else first["msg"],
-        {"errors": clean, "count": len(errors)},
-    )
+        return await _api_error(request, not_json(content_type))
+    return await _api_error(request, validation_failure(errors))
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -185,7 +195,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     if code == "bad_request" and isinstance(exc.__cause__, ValueError | RecursionError):
         # FastAPI's "error parsing the body": undecodable bytes (e.g. gzip sent as JSON), absurd
         # numbers, nesting deeper than the parser's recursion limit
-        return error_response("bad_json", f"request body is not valid JSON: {_clip(str(exc.__cause__))}")
+        return await _api_error(request, bad_json(str(exc.__cause__)))
     if code == "not_found":
         message = f"no such path: {_clip(request.url.path)}"
     elif code == "method_not_allowed":

@@ -29,7 +29,7 @@ from typing import Any
 import anyio.lowlevel
 from pydantic import ValidationError
 
-from app.errors import ApiError, sanitize_errors
+from app.errors import ApiError, bad_json, validation_failure
 from core.schemas import RegenerateRequest, SequenceIn
 
 SLICE_CHARS = 256 * 1024  # characters decoded between two turns of the event loop
@@ -53,7 +53,7 @@ class _Text:
     def expect(self, chars: str) -> str:
         found = self.peek()
         if not found or found not in chars:
-            raise bad_json(f"Expecting {' or '.join(repr(c) for c in chars)}", self.at)
+            raise bad_json(f"Expecting {' or '.join(repr(c) for c in chars)}", position=self.at)
         self.at += 1
         return found
 
@@ -62,24 +62,10 @@ class _Text:
         try:
             value, self.at = _DECODER.raw_decode(self.text, self.at)
         except json.JSONDecodeError as exc:
-            raise bad_json(exc.msg, exc.pos) from None
+            raise bad_json(exc.msg, position=exc.pos) from None
         except (ValueError, RecursionError) as exc:  # absurd numbers, nesting deeper than the recursion limit
-            raise bad_json(str(exc) or type(exc).__name__, self.at) from None
+            raise bad_json(str(exc) or type(exc).__name__, position=self.at) from None
         return value
-
-
-def bad_json(message: str, position: int | None) -> ApiError:
-    return ApiError(
-        "bad_json",
-        f"request body is not valid JSON: {message}",
-        {"position": position},
-    )
-
-
-def validation_failure(errors: list[dict[str, Any]]) -> ApiError:
-    clean = sanitize_errors(errors)
-    where = ".".join(str(p) for p in clean[0]["loc"])
-    return ApiError("validation_error", f"{where}: {clean[0]['msg']}", {"errors": clean, "count": len(errors)})
 
 
 async def parse_regenerate_body(body: bytes, max_sequences: int, max_items: int) -> RegenerateRequest:
@@ -89,16 +75,16 @@ async def parse_regenerate_body(body: bytes, max_sequences: int, max_items: int)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise bad_json(f"not UTF-8 ({exc.reason})", exc.start) from None
+        raise bad_json(f"not UTF-8 ({exc.reason})", position=exc.start) from None
     t = _Text(text)
     if t.peek() != "{":  # not an object: whatever it is, validation says so
         whole = t.value()
         if t.peek():
-            raise bad_json("Extra data", t.at)
+            raise bad_json("Extra data", position=t.at)
         return _validate(whole, _Checked())
     fields, checked = await _members(t, max_sequences, max_items)
     if t.peek():
-        raise bad_json("Extra data", t.at)
+        raise bad_json("Extra data", position=t.at)
     return _validate(fields, checked, max_items)
 
 
@@ -112,7 +98,7 @@ async def _members(t: _Text, max_sequences: int, max_items: int) -> tuple[dict[s
         return fields, checked
     while True:
         if t.peek() != '"':
-            raise bad_json("Expecting property name enclosed in double quotes", t.at)
+            raise bad_json("Expecting property name enclosed in double quotes", position=t.at)
         key = t.value()
         t.expect(":")
         if key == "sequences" and t.peek() == "[":
@@ -172,18 +158,15 @@ async def _sequences(t: _Text, max_sequences: int, max_items: int) -> _Checked:
 
 def _too_long(too_long: list[tuple[int, int]], max_items: int) -> ApiError:
     """422 for sequences above the item cap: that sequence is bad, not the request too big."""
-    listed = [
-        {
-            "loc": ["body", "sequences", i, "items"],
-            "msg": f"{n} items; at most {max_items} are allowed",
-            "type": "too_long",
-        }
-        for i, n in too_long[:20]
-    ]
-    return ApiError(
-        "validation_error",
-        f"body.sequences.{too_long[0][0]}.items: {listed[0]['msg']}",
-        {"errors": listed, "count": len(too_long)},
+    return validation_failure(
+        [
+            {
+                "loc": ("body", "sequences", i, "items"),
+                "msg": f"{n} items; at most {max_items} are allowed",
+                "type": "too_long",
+            }
+            for i, n in too_long
+        ]
     )
 
 

@@ -13,7 +13,7 @@ import anyio
 from fastapi import Request
 from pydantic import ValidationError
 
-from app.errors import ApiError, sanitize_errors
+from app.errors import ApiError, validation_failure
 from app.uploads import RequestDigest, Where
 from core import metrics
 from core.engines import Engine, Engines, decode_options
@@ -147,8 +147,4 @@ def query_options(raw: str | None) -> RegenerateOptions:
     try:
         return RegenerateOptions.model_validate_json(raw)
     except ValidationError as exc:
-        clean = sanitize_errors([{**e, "loc": ("query", "options", *e["loc"])} for e in exc.errors()])
-        where = ".".join(str(p) for p in clean[0]["loc"])
-        raise ApiError(
-            "validation_error", f"{where}: {clean[0]['msg']}", {"errors": clean, "count": len(clean)}
-        ) from None
+        raise validation_failure([{**e, "loc": ("query", "options", *e["loc"])} for e in exc.errors()]) from None

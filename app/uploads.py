@@ -32,7 +32,7 @@ import anyio.lowlevel
 from fastapi import Request
 from pydantic import ValidationError
 
-from app.errors import ApiError, sanitize_errors
+from app.errors import ApiError, sanitize_errors, validation_failure
 from core.schemas import RegenerateRequest, SequenceIn
 
 NDJSON = "application/x-ndjson"
@@ -96,11 +96,7 @@ def parse_json_job(body: bytes) -> RegenerateRequest:
         errors = exc.errors()
         if any(e["type"] == "json_invalid" for e in errors):
             raise ApiError("bad_json", "request body is not valid JSON", {"errors": sanitize_errors(errors)}) from None
-        clean = sanitize_errors([{**e, "loc": ("body", *e["loc"])} for e in errors])
-        where = ".".join(str(p) for p in clean[0]["loc"])
-        raise ApiError(
-            "validation_error", f"{where}: {clean[0]['msg']}", {"errors": clean, "count": len(errors)}
-        ) from None
+        raise validation_failure([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
 
 
 async def listed(sequences: list[SequenceIn]) -> AsyncIterator[tuple[Where, SequenceIn]]:

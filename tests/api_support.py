@@ -1,8 +1,10 @@
-"""Helpers for the API tests: a model folder holding the session's tiny bundle, and an
-in-process client that runs the app's lifespan (bundle loading, Redis client)."""
+"""Helpers for the API tests: a model folder holding the session's tiny bundle, an
+in-process client that runs the app's lifespan (bundle loading, Redis client), and
+readers of a live server's metrics and of the figures a test prints."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import uuid
@@ -66,3 +68,19 @@ async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=30) as client:
             yield client
+
+
+def metric_total(url: str, name: str, **labels: str) -> float:
+    """The sum of metric `name` on the server at `url` over the series carrying these labels."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{name}(?:\{{([^}}]*)\}})? (\S+)$", line)
+        if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def print_figures(name: str, **figures: float) -> None:
+    """The figures a test measured, printed for `pytest -s` (docs/reliability.md quotes them)."""
+    print(f"\n[{name}] " + ", ".join(f"{k}={v:.3g}" for k, v in figures.items()))

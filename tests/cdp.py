@@ -1,8 +1,8 @@
 """Headless Chromium driven over the Chrome DevTools Protocol, for the browser tests and
 the screenshots of the web page.
 
-Chromium runs with every host name except 127.0.0.1 resolving to nothing (as in
-tests/test_docs_browser.py), so a page that needed another host would break visibly;
+Chromium runs with every host name except 127.0.0.1 resolving to nothing (ISOLATED, which
+tests/test_docs_browser.py uses too), so a page that needed another host would break visibly;
 each page also records every URL it requests. One websocket to the browser carries all
 pages (flat sessions); `websockets`' synchronous client is all it takes.
 """
@@ -25,7 +25,9 @@ import pytest
 from websockets.sync.client import connect
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = [
+# headless, quiet, and nothing but loopback resolves: an external asset cannot load, even
+# by accident (the /docs test runs Chromium with these too)
+ISOLATED = [
     "--headless",
     "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
     "--disable-gpu",
@@ -37,6 +39,9 @@ FLAGS = [
     "--disable-background-networking",
     "--disable-features=AutofillServerCommunication,OptimizationHints,Translate,MediaRouter",
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+]
+FLAGS = [
+    *ISOLATED,
     "--remote-debugging-port=0",
     "--hide-scrollbars",
     "--force-device-scale-factor=1",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,31 +20,18 @@ from typing import Any
 import httpx
 import pytest
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from tests.cdp import CHROMIUM, ISOLATED, require_chromium
 
 
 @pytest.fixture(autouse=True)
 def _chromium() -> None:
-    """Skip without chromium, except in CI (CI=true), where that fails (tests/cdp.py)."""
-    from tests.cdp import require_chromium
-
+    """Skip without chromium, except in CI (CI=true), where that fails."""
     require_chromium()
 
 
 STATIC_PREFIX = "/static-offline-docs"
 CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-extensions",
-    "--disable-default-apps",
-    "--disable-component-update",
-    "--disable-background-networking",
-    "--disable-features=AutofillServerCommunication,OptimizationHints,Translate,MediaRouter",
-    # nothing but loopback resolves: an external asset cannot load, even by accident
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+    *ISOLATED,
     # virtual time lets the single-page apps finish rendering before the DOM is dumped
     "--virtual-time-budget=8000",
 ]

@@ -14,7 +14,6 @@ The figures each test measures are printed (`pytest -s`) and quoted in docs/reli
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import uuid
@@ -26,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api_support import delete_prefix, model_dir_with
+from tests.api_support import delete_prefix, metric_total, model_dir_with, print_figures
 from tests.test_faults import KEY, api_process, free_port, service_env
 
 OTHER_KEY = "regenerate-other-key"
@@ -65,16 +64,6 @@ def _body(items: list[str], length: int, explain: bool) -> dict[str, Any]:
     return {"target_domain": "x", "sequences": [{"items": sequence}], "options": options}
 
 
-def _metric(url: str, name: str, **labels: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{name}(?:\{{([^}}]*)\}})? (\S+)$", line)
-        if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
 def _timed_call(url: str, key: str, body: dict[str, Any], timeout: float) -> tuple[float, httpx.Response | None]:
     started = time.perf_counter()
     try:
@@ -84,18 +73,16 @@ def _timed_call(url: str, key: str, body: dict[str, Any], timeout: float) -> tup
     return time.perf_counter() - started, r
 
 
-def _report(name: str, **figures: float) -> None:
-    print(f"\n[{name}] " + ", ".join(f"{k}={v:.3g}" for k, v in figures.items()))
-
-
 def _decodes(url: str) -> tuple[float, float]:
     """(engine batches decoded, their seconds) so far."""
-    return _metric(url, "taesar_decode_duration_seconds_count"), _metric(url, "taesar_decode_duration_seconds_sum")
+    return metric_total(url, "taesar_decode_duration_seconds_count"), metric_total(
+        url, "taesar_decode_duration_seconds_sum"
+    )
 
 
 def _wait_idle(url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while _metric(url, "taesar_decode_inflight") > 0:
+    while metric_total(url, "taesar_decode_inflight") > 0:
         assert time.monotonic() < deadline, "calls still in flight"
         time.sleep(0.2)
 
@@ -104,7 +91,7 @@ def test_abandoned_expensive_calls_are_not_decoded(service: dict[str, Any]) -> N
     url, items = service["url"], service["items"]
     expensive = _body(items, 1_800, explain=True)
     decodes_before, seconds_before = _decodes(url)
-    aborts_before = _metric(url, "taesar_http_requests_total", route="/regenerate", status="499")
+    aborts_before = metric_total(url, "taesar_http_requests_total", route="/regenerate", status="499")
     with ThreadPoolExecutor(ABANDONED) as pool:
         outcomes = list(pool.map(lambda _: _timed_call(url, KEY, expensive, 1.0), range(ABANDONED)))
     assert sum(r is None for _, r in outcomes) >= ABANDONED - 2, "the clients were meant to give up"
@@ -116,14 +103,14 @@ def test_abandoned_expensive_calls_are_not_decoded(service: dict[str, Any]) -> N
     )
     decoded = decodes - 1  # the last one is the 5-item call
     one = decode_s / decodes  # about one abandoned call's decode: the 5-item one costs nothing beside them
-    aborted = _metric(url, "taesar_http_requests_total", route="/regenerate", status="499") - aborts_before
-    _report("abandoned", next_call_s=seconds, abandoned_decoded=decoded, one_decode_s=one, client_aborts=aborted)
+    aborted = metric_total(url, "taesar_http_requests_total", route="/regenerate", status="499") - aborts_before
+    print_figures("abandoned", next_call_s=seconds, abandoned_decoded=decoded, one_decode_s=one, client_aborts=aborted)
     # it may wait for the one decode in progress, not for the other abandoned calls (the
     # machine's speed sets how many were decoded before their clients gave up after 1 s)
     assert seconds < max(3.0, 3 * one), f"the call after {ABANDONED} abandoned ones took {seconds:.1f} s"
     assert decoded <= ABANDONED // 3, f"{decoded:.0f} abandoned calls were decoded anyway"
     assert aborted >= ABANDONED - 2
-    assert _metric(url, "taesar_http_requests_total", route="/regenerate", status="500") == 0
+    assert metric_total(url, "taesar_http_requests_total", route="/regenerate", status="500") == 0
 
 
 def test_one_key_cannot_starve_another(service: dict[str, Any]) -> None:
@@ -148,7 +135,7 @@ def test_one_key_cannot_starve_another(service: dict[str, Any]) -> None:
     )
     one = decode_s / max(1, decodes - 1)  # one flood call's decode
     refused = [a for _, a in answers if a is not None and a.status_code == 429]
-    _report("fair share", other_key_s=seconds, one_flood_decode_s=one, flood_refused=len(refused))
+    print_figures("fair share", other_key_s=seconds, one_flood_decode_s=one, flood_refused=len(refused))
     assert r is not None and r.status_code == 200, r.text if r is not None else "timed out"
     # it may wait for the flood call decoding when it arrives, not for the flood's backlog
     assert seconds < 2.5 * one, f"the other key's call waited {seconds:.1f} s behind the flood ({one:.1f} s each)"

@@ -15,7 +15,6 @@ The figures each test measures are printed (`pytest -s`) and quoted in docs/reli
 from __future__ import annotations
 
 import json
-import re
 import socket
 import threading
 import time
@@ -30,7 +29,7 @@ import httpx
 import pytest
 import redis
 
-from tests.api_support import REDIS_URL, delete_prefix, model_dir_with
+from tests.api_support import REDIS_URL, delete_prefix, metric_total, model_dir_with, print_figures
 from tests.test_faults import KEY, api_process, free_port, make_sequences, ndjson, service_env
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -67,22 +66,12 @@ def client(service: dict[str, Any]) -> Iterator[httpx.Client]:
         yield c
 
 
-def _report(name: str, **figures: float) -> None:
-    print(f"\n[{name}] " + ", ".join(f"{k}={v:.3g}" for k, v in figures.items()))
-
-
 def _job_keys(prefix: str) -> set[bytes]:
     r = redis.Redis.from_url(REDIS_URL)
     try:
         return set(r.scan_iter(f"{prefix}:job:*", count=1000))
     finally:
         r.close()
-
-
-def _status_count(client: httpx.Client, status: str) -> float:
-    text = client.get("/metrics").text
-    pattern = re.compile(rf'^taesar_http_requests_total\{{[^}}]*status="{status}"[^}}]*\}} (\S+)$', re.M)
-    return sum(float(v) for v in pattern.findall(text))
 
 
 class Poller:
@@ -218,7 +207,7 @@ def test_a_gzip_bomb_of_blank_lines_never_stalls_the_api(
     client.delete(f"/jobs/{r.json()['id']}")
     assert not poller.failures, poller.failures[:3]
     worst = max(poller.latencies)
-    _report("gzip bomb", upload_s=upload_s, healthz_polls=len(poller.latencies), healthz_max_s=worst)
+    print_figures("gzip bomb", upload_s=upload_s, healthz_polls=len(poller.latencies), healthz_max_s=worst)
     assert len(poller.latencies) >= 5
     assert worst < 1.0, f"/healthz took {worst:.2f} s while the bomb was read"
 
@@ -268,7 +257,7 @@ def test_large_json_job_bodies_keep_api_memory_bounded(
             headers={"Content-Type": "application/x-ndjson"},
         )
     peak = max(sampler.samples) - idle
-    _report(
+    print_figures(
         "JSON job bodies",
         allowed_mib=len(allowed) / 2**20,
         huge_mib=len(huge) / 2**20,
@@ -292,8 +281,8 @@ def test_large_json_job_bodies_keep_api_memory_bounded(
 def test_an_aborted_upload_is_a_client_abort_not_a_server_error(
     service: dict[str, Any], client: httpx.Client, catalogue: dict[str, Any]
 ) -> None:
-    errors_before = _status_count(client, "500")
-    aborts_before = _status_count(client, "499")
+    errors_before = metric_total(service["url"], "taesar_http_requests_total", status="500")
+    aborts_before = metric_total(service["url"], "taesar_http_requests_total", status="499")
     keys_before = _job_keys(service["prefix"])
     lines = ndjson(make_sequences(catalogue, 2000, seed=2))
     sock = _raw_request(service["port"], _ndjson_head(service["port"], key="abort-1"))
@@ -301,10 +290,13 @@ def test_an_aborted_upload_is_a_client_abort_not_a_server_error(
     time.sleep(0.5)
     sock.close()  # the client goes away mid-body
     deadline = time.monotonic() + 10
-    while _status_count(client, "499") == aborts_before and time.monotonic() < deadline:
+    while (
+        metric_total(service["url"], "taesar_http_requests_total", status="499") == aborts_before
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.1)
-    assert _status_count(client, "499") == aborts_before + 1
-    assert _status_count(client, "500") == errors_before
+    assert metric_total(service["url"], "taesar_http_requests_total", status="499") == aborts_before + 1
+    assert metric_total(service["url"], "taesar_http_requests_total", status="500") == errors_before
     log = service["api"].text()
     assert "client_abort" in log
     assert "unhandled_error" not in log
@@ -350,7 +342,7 @@ def test_a_stalled_body_is_cut_after_the_body_timeout_and_its_key_released(
     trickled = time.perf_counter() - started
     sock.close()
     assert status == 408, body
-    _report("stalled bodies", content_length_cut_s=waited, trickle_cut_s=trickled)
+    print_figures("stalled bodies", content_length_cut_s=waited, trickle_cut_s=trickled)
     assert _job_keys(service["prefix"]) == keys_before
     r = client.post(
         "/jobs",

@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from app.deps import CallerDep, EnginesDep, SettingsDep
-from app.errors import ApiError, is_json
+from app.errors import is_json, not_json
 from app.regenerate_body import parse_regenerate_body
 from app.routes import error_responses
 from core import metrics
@@ -121,11 +121,7 @@ async def read_request(request: Request, settings: Settings) -> RegenerateReques
     content_type = request.headers.get("content-type")
     body = await request.body()
     if body and not is_json(content_type):
-        raise ApiError(
-            "unsupported_media_type",
-            f"send the body as JSON with 'Content-Type: application/json' (got {(content_type or 'none')[:200]!r})",
-            {"content_type": content_type[:200] if content_type else None},
-        )
+        raise not_json(content_type)
     return await parse_regenerate_body(body, settings.max_sequences_per_request, settings.max_items_per_sequence)
 
 
